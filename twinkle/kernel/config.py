@@ -1,0 +1,76 @@
+"""``register_kernels``: layers and functions from one dict, or a YAML/JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .registry import REGISTRY, Candidate, function_candidate, layer_candidate
+from .source import import_string
+
+_LAYER_KEYS = {"repo_id", "repo_path", "repo", "layer_impl", "layer_name", "package_name", "version", "revision",
+               "device", "mode", "targets", "trust_remote_code"}
+_FUNCTION_KEYS = {"target_module", "func_name", "func_impl", "repo", "repo_id", "repo_path", "package_name",
+                  "version", "revision", "device", "mode", "trust_remote_code"}
+
+
+def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[str]:
+    """Register every layer and function kernel in ``config`` at once; return their candidate ids.
+
+    ``config`` is ``{"layers": {kernel_name: {...}}, "functions": {name: {...}}}`` or a path to such a YAML or JSON
+    file. Callables (func_impl, layer_impl, repo) may be ``"pkg.mod:attr"`` strings. Everything is validated before
+    anything is registered; the caller's dict is never changed.
+    """
+    origin = "config"
+    if isinstance(config, (str, os.PathLike)):
+        origin = str(config)
+        config = _read(Path(config))
+    if not isinstance(config, dict):
+        raise TypeError(f"{origin} must be a dict with 'layers' and/or 'functions', got {type(config).__name__}")
+    unknown = set(config) - {"layers", "functions"}
+    if unknown:
+        raise ValueError(f"{origin}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                         "the top level takes 'layers' and 'functions'")
+    candidates: list[Candidate] = []
+    for section, keys in (("layers", _LAYER_KEYS), ("functions", _FUNCTION_KEYS)):
+        entries = config.get(section) or {}
+        if not isinstance(entries, dict):
+            raise TypeError(f"{origin}: '{section}' must map names to settings, got {type(entries).__name__}")
+        for name, spec in entries.items():
+            where = f"{origin}: {section}.{name}"
+            if not isinstance(spec, dict):
+                raise TypeError(f"{where} must be a dict of settings, got {type(spec).__name__}")
+            unknown = set(spec) - keys
+            if unknown:
+                raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                                 f"allowed: {', '.join(sorted(keys))}")
+            spec = dict(spec)
+            if isinstance(spec.get("repo"), str):
+                repo = import_string(spec["repo"], f"{where}.repo")
+                spec["repo"] = repo() if isinstance(repo, type) else repo
+            if section == "layers":
+                candidates.append(layer_candidate(name, **spec))
+            else:
+                if "target_module" not in spec:
+                    raise ValueError(f"{where}: target_module is required (the module whose function is patched)")
+                func_name = spec.pop("func_name", name)
+                target_module = spec.pop("target_module")
+                candidates.append(function_candidate(func_name, target_module, **spec))
+    REGISTRY.add(candidates)
+    return [c.id for c in candidates]
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel config {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:
+        raise ValueError(f"kernel config {path} does not parse: {exc}") from exc
