@@ -1,0 +1,137 @@
+"""Capture: run the model once with the originals and record the real inputs of every call of every target.
+
+Layer targets are observed with forward pre-hooks, function targets by wrapping the module attribute (and every
+alias of it) for the duration of one forward pass. Every hook and wrapper is removed afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from twinkle.kernel.layer import matches
+from twinkle.kernel.registry import Candidate
+
+from . import signature
+
+
+@dataclass
+class Site:
+    """One target called with one input signature (on one layer instance, for layers)."""
+
+    kind: str
+    target: str
+    key: str
+    signature: str
+    inputs: dict[str, Any]  # JSON description
+    args: tuple[Any, ...]  # the first call's inputs, cloned
+    kwargs: dict[str, Any]
+    calls: int = 0
+    path: str | None = None  # layers: the instance's path in the model
+    module: nn.Module | None = None  # layers: the instance
+    module_class: str | None = None
+    per_path: dict[str, int] = field(default_factory=dict)  # layers: calls per instance with this signature
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        out = value.detach().clone()
+        return out.requires_grad_(value.requires_grad) if out.is_floating_point() else out
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sites: dict[tuple[str, str, str], Site] = {}
+
+    def record(self, kind: str, target: str, path: str | None, module: nn.Module | None,
+               args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        k = signature.key(args, kwargs)
+        site_key = (target, path or "", k)
+        site = self.sites.get(site_key)
+        if site is None:
+            site = Site(kind=kind, target=target, key=k, signature=signature.short(args, kwargs),
+                        inputs={"args": signature.describe(args), "kwargs": signature.describe(kwargs)},
+                        args=_clone(args), kwargs=_clone(kwargs), path=path, module=module,
+                        module_class=f"{type(module).__module__}.{type(module).__qualname__}" if module else None)
+            self.sites[site_key] = site
+        site.calls += 1
+
+
+def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Candidate]],
+            functions: dict[str, list[Candidate]]) -> list[Site]:
+    """Run ``run()`` once, recording every call of the given layer and function targets."""
+    rec = _Recorder()
+    handles = []
+    restore: list[tuple[Any, str, Any]] = []
+    try:
+        class_match: dict[type, str | None] = {}
+        for path, module in model.named_modules():
+            cls = type(module)
+            if cls not in class_match:
+                class_match[cls] = next((name for name, cands in layers.items()
+                                         if any(matches(cls, c) for c in cands)), None)
+            name = class_match[cls]
+            if name is None:
+                continue
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name,
+                     path: str = path) -> None:
+                rec.record("layer", name, path, mod, args, kwargs)
+
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        for target, cands in functions.items():
+            module_name, func = cands[0].module, cands[0].func
+            module = sys.modules.get(module_name) if module_name else None
+            original = getattr(module, func, None) if module is not None else None
+            if original is None:
+                continue
+            wrapper = _wrap(rec, target, original)
+            for mod in [m for m in list(sys.modules.values()) if m is not None]:
+                namespace = getattr(mod, "__dict__", None)
+                if isinstance(namespace, dict) and namespace.get(func) is original:
+                    restore.append((mod, func, original))
+                    setattr(mod, func, wrapper)
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, func, original in restore:
+            setattr(mod, func, original)
+    return _merge(list(rec.sites.values()))
+
+
+def _wrap(rec: _Recorder, target: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        rec.record("function", target, None, None, args, kwargs)
+        return original(*args, **kwargs)
+
+    return recording
+
+
+def _merge(sites: list[Site]) -> list[Site]:
+    """Identical (target, class, signature) on several layer instances: measured once, on the first instance."""
+    merged: dict[tuple[str, str | None, str], Site] = {}
+    for site in sites:
+        k = (site.target, site.module_class, site.key)
+        if site.kind == "layer":
+            site.per_path[site.path or ""] = site.calls
+        if k in merged:
+            merged[k].calls += site.calls
+            merged[k].per_path.update(site.per_path)
+        else:
+            merged[k] = site
+    return list(merged.values())

@@ -1,0 +1,144 @@
+"""Measure: time a callable on the device, robustly.
+
+Warm-up, then samples until the median is stable: CUDA events on GPU with the L2 cache flushed before every
+sample, ``time.perf_counter`` on CPU (several calls per sample when one call is too short to time). Returns every
+sample, so the statistics (median, IQR, bootstrap intervals) are computed from the raw data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Samples in ms, each the time of one call."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range, ms."""
+        if len(self.samples) < 4:
+            return max(self.samples) - min(self.samples)
+        q = statistics.quantiles(self.samples, n=4)
+        return q[2] - q[0]
+
+
+@dataclass
+class TimerSettings:
+    warmup: int = 3
+    batch: int = 10  # samples per round; rounds go on until the median settles
+    min_samples: int = 20
+    max_samples: int = 200
+    rel_tol: float = 0.02  # the median of all samples moved less than this in the last round: stable
+    max_seconds: float = 2.0  # per timing, after warm-up
+    min_sample_ms: float = 0.2  # CPU: calls per sample are raised until one sample lasts this long
+
+
+class Timer:
+    """Times callables on ``device`` ("cuda"/"rocm" use CUDA events, anything else perf_counter)."""
+
+    def __init__(self, device: str, settings: TimerSettings | None = None) -> None:
+        self.device = device
+        self.settings = settings or TimerSettings()
+        self.gpu = device in ("cuda", "rocm")
+        self._flush_buffer: torch.Tensor | None = None
+        if self.gpu:
+            l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 64 << 20)
+            self._flush_buffer = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
+
+    def time(self, fn: Callable[[], Any]) -> Timing:
+        s = self.settings
+        for _ in range(s.warmup):
+            fn()
+        self._sync()
+        inner = 1 if self.gpu else self._calibrate(fn)
+        samples: list[float] = []
+        start = time.perf_counter()
+        previous = None
+        while len(samples) < s.max_samples:
+            samples.extend(self._sample(fn, inner) for _ in range(s.batch))
+            current = statistics.median(samples)
+            if len(samples) >= s.min_samples and previous is not None and abs(current - previous) <= s.rel_tol * previous:
+                break
+            if time.perf_counter() - start > s.max_seconds and len(samples) >= s.batch:
+                break
+            previous = current
+        return Timing(tuple(samples))
+
+    def _calibrate(self, fn: Callable[[], Any]) -> int:
+        t0 = time.perf_counter()
+        fn()
+        one = (time.perf_counter() - t0) * 1e3
+        if one <= 0:
+            return 100
+        return max(1, min(1000, int(self.settings.min_sample_ms / one) + 1))
+
+    def _sample(self, fn: Callable[[], Any], inner: int) -> float:
+        if self.gpu:
+            assert self._flush_buffer is not None
+            self._flush_buffer.zero_()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return begin.elapsed_time(end)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / inner
+
+    def _sync(self) -> None:
+        if self.gpu:
+            torch.cuda.synchronize()
+
+    def peak_memory_mb(self, fn: Callable[[], Any]) -> float | None:
+        """Peak device memory of one call, in MiB (None where the device keeps no allocator statistics)."""
+        if not self.gpu:
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / (1 << 20)
+
+
+class TimeLimitExceeded(Exception):
+    """A candidate ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise TimeLimitExceeded in the main thread after ``seconds`` (a no-op elsewhere or when None).
+
+    Python code is interrupted between bytecodes; a kernel stuck inside one native call is stopped when it returns.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeLimitExceeded(f"ran past the per-candidate time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

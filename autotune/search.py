@@ -1,0 +1,85 @@
+"""End-to-end search with optuna over combinations of per-target choices, measuring the whole model step.
+
+The first trial is the per-target winners; ``trials`` bounds the study (a resumed study counts the trials it
+already has); ``storage`` (an optuna storage URL, e.g. ``sqlite:///tune.db``) keeps the study across runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import TuneError
+from .measure import Timing
+
+if TYPE_CHECKING:
+    from .tuner import Progress, TuneSettings
+
+logger = logging.getLogger("twinkle.autotune")
+
+Choices = dict[str, "str | None"]
+
+
+@dataclass
+class Found:
+    trials: list[dict[str, Any]]
+    best: Choices | None
+    pareto: list[dict[str, Any]] | None = None
+
+
+def run(evaluate: Callable[[Choices], tuple[Timing, float | None]], space: dict[str, list[str | None]],
+        first: Choices, s: TuneSettings, report: Progress) -> Found:
+    """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best."""
+    try:
+        import optuna
+    except ImportError as exc:  # optuna is a declared dependency; say so plainly if it is gone
+        raise TuneError(f"the end-to-end search needs optuna ({exc}); install it or pass --trials 0") from exc
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = {"latency": ["minimize"], "memory": ["minimize"], "both": ["minimize", "minimize"]}[s.objective]
+    try:
+        study = optuna.create_study(study_name=s.study_name or "twinkle-tune", storage=s.storage,
+                                    load_if_exists=True, directions=directions,
+                                    sampler=optuna.samplers.TPESampler(seed=s.seed))
+    except Exception as exc:
+        raise TuneError(f"cannot open the optuna storage {s.storage!r}: {exc}") from exc
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    seed_params = {k: first.get(k) for k in space}
+    if not any(t.params == seed_params for t in study.trials):
+        study.enqueue_trial(seed_params)
+    remaining = max(0, s.trials - len(done))
+    if done:
+        logger.info("resuming study %s: %d trials done, %d to go", study.study_name, len(done), remaining)
+
+    def objective(trial: Any) -> Any:
+        choices = {k: trial.suggest_categorical(k, options) for k, options in space.items()}
+        timing, mem = evaluate(choices)
+        trial.set_user_attr("median_ms", timing.median)
+        trial.set_user_attr("spread", timing.spread)
+        trial.set_user_attr("peak_mem_mb", mem)
+        report("search", trial.number + 1 - len(done), remaining)
+        if s.objective == "latency":
+            return timing.median
+        if mem is None:
+            raise TuneError("peak memory is not available on this device")
+        return mem if s.objective == "memory" else (timing.median, mem)
+
+    report("search", 0, remaining)
+    study.optimize(objective, n_trials=remaining, catch=(Exception,))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = [{"number": t.number, "choices": dict(t.params), "median_ms": t.user_attrs.get("median_ms"),
+               "spread": t.user_attrs.get("spread"), "peak_mem_mb": t.user_attrs.get("peak_mem_mb")}
+              for t in complete]
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    for t in failed:
+        logger.warning("search trial %d failed: %s", t.number, t.system_attrs.get("fail_reason", "unknown"))
+    if not complete:
+        return Found(trials, None)
+    if len(directions) == 1:
+        return Found(trials, dict(study.best_trial.params))
+    front = study.best_trials
+    pareto = [{"number": t.number, "choices": dict(t.params), "median_ms": t.values[0], "peak_mem_mb": t.values[1]}
+              for t in front]
+    fastest = min(front, key=lambda t: t.values[0])
+    return Found(trials, dict(fastest.params), pareto)

@@ -1,0 +1,491 @@
+"""The tuner: capture -> dedupe -> measure -> match -> choose -> end-to-end search -> profile (a dict).
+
+``autotune(model, inputs, ...)`` returns the profile described in docs/profile.md; writing it is the caller's
+(``save_profile``), so that a failed run never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from twinkle.kernel import kernelize_model, unkernelize
+from twinkle.kernel.device import parse_device
+from twinkle.kernel.layer import layer_problem
+from twinkle.kernel.mode import is_compile, is_train, parse_mode
+from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION, fingerprint
+from twinkle.kernel.registry import REGISTRY, Candidate
+from twinkle.kernel.selection import capability_problem, eligible
+
+from . import search
+from .capture import Site, capture
+from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
+from .errors import TuneError
+from .match import Comparison, compare, tolerances
+from .measure import Timer, TimerSettings, Timing, time_limit
+
+logger = logging.getLogger("twinkle.autotune")
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+OBJECTIVES = ("latency", "memory", "both")
+
+
+@dataclass
+class TuneSettings:
+    device: str | None = None
+    mode: str = "inference"
+    trials: int = 20
+    seed: int = 0
+    objective: str = "latency"
+    storage: str | None = None
+    study_name: str | None = None
+    min_gain: float = MIN_GAIN
+    tolerances: dict[str, dict[str, float]] | None = None
+    time_limit_s: float = 120.0
+    timer: TimerSettings = field(default_factory=TimerSettings)
+
+
+def torch_device(label: str) -> torch.device:
+    return torch.device("cuda" if label in ("cuda", "rocm") else label)
+
+
+def check_device(label: str) -> None:
+    """Timing needs the hardware: refuse a device label that is not there."""
+    present = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and torch.version.hip is None,
+        "rocm": lambda: torch.cuda.is_available() and torch.version.hip is not None,
+        "mps": lambda: torch.backends.mps.is_available(),
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+        "npu": lambda: hasattr(torch, "npu") and torch.npu.is_available(),
+    }[label]
+    if not present():
+        raise TuneError(f"device {label} is not available on this machine; tuning times kernels on the real "
+                        f"hardware (use --device cpu, or run on a machine with {label})")
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if hasattr(value, "to_tuple"):
+        return _tensors(value.to_tuple())
+    return []
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of captured inputs, so an in-place kernel cannot change what the next one sees."""
+    if isinstance(value, torch.Tensor):
+        out = value.detach().clone()
+        return out.requires_grad_(value.requires_grad) if out.is_floating_point() else out
+    if isinstance(value, tuple):
+        return tuple(_fresh(v) for v in value)
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
+
+
+class _Step:
+    """One call of a target (or the whole model) in the tuning mode: forward, or forward + backward."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: str,
+                 params: list[torch.Tensor], seed: int) -> None:
+        self.fn, self.mode, self.params = fn, mode, params
+        if is_compile(mode):
+            self.fn = torch.compile(fn)
+        self.args, self.kwargs = args, kwargs
+        self.train = is_train(mode)
+        self._grads: list[torch.Tensor] | None = None
+        self._seed = seed
+
+    def _leaves(self) -> list[torch.Tensor]:
+        ins = [t for t in _tensors((self.args, self.kwargs)) if t.requires_grad]
+        return ins + [p for p in self.params if p.requires_grad]
+
+    def __call__(self) -> Any:
+        if not self.train:
+            with torch.no_grad():
+                return self.fn(*self.args, **self.kwargs)
+        for t in self._leaves():
+            t.grad = None
+        out = self.fn(*self.args, **self.kwargs)
+        outs = [t for t in _tensors(out) if t.requires_grad]
+        if outs:
+            if self._grads is None:
+                gen = torch.Generator(device="cpu").manual_seed(self._seed)
+                self._grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in outs]
+            torch.autograd.backward(outs, self._grads)
+        return out
+
+    def result(self) -> Any:
+        """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
+        out = self()
+        out = _fresh(out)
+        if not self.train:
+            return out
+        return {"output": out, "grads": [None if t.grad is None else t.grad.detach().clone() for t in self._leaves()]}
+
+
+@dataclass
+class _Measured:
+    timing: Timing | None = None
+    comparison: Comparison | None = None
+    error: str | None = None
+
+
+def _targets(device: str, mode: str) -> tuple[dict[str, list[Candidate]], dict[str, list[Candidate]]]:
+    def pools(kind: str) -> dict[str, list[Candidate]]:
+        out = {}
+        for name, cands in REGISTRY.targets(kind).items():  # type: ignore[arg-type]
+            ordered, _ = eligible(cands, device, mode)
+            if ordered:
+                out[name] = ordered
+        return out
+
+    return pools("layer"), pools("function")
+
+
+def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], settings: TuneSettings | None = None, *,
+             model_name: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Tune the registered candidates for ``model`` on ``inputs``; return the profile dict (not written)."""
+    s = settings or TuneSettings()
+    device = parse_device(s.device) if s.device else ("cuda" if torch.cuda.is_available() else "cpu")
+    mode = parse_mode(s.mode)
+    if s.objective not in OBJECTIVES:
+        raise TuneError(f"objective {s.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if s.trials < 0:
+        raise TuneError(f"trials must be >= 0, got {s.trials}")
+    check_device(device)
+    if s.objective != "latency" and device not in ("cuda", "rocm"):
+        raise TuneError(f"objective {s.objective!r} needs peak-memory statistics, which only cuda/rocm keep; "
+                        f"use --objective latency on {device}")
+    tol = tolerances(s.tolerances)
+    tdev = torch_device(device)
+    torch.manual_seed(s.seed)
+    unkernelize(model)
+    model = model.to(tdev)
+    model.train(is_train(mode))
+    inputs = to_device(inputs, tdev)
+    args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
+    step = _Step(model, args, kwargs, mode, list(model.parameters()), s.seed)
+    report = progress or (lambda stage, done, total: None)
+
+    layers, functions = _targets(device, mode)
+    if not layers and not functions:
+        raise TuneError(f"no candidate kernel is registered for device {device} and mode {mode}")
+    report("capture", 0, 1)
+    sites = capture(model, step, layers, functions)
+    report("capture", 1, 1)
+    if not sites:
+        names = ", ".join(sorted(layers) + sorted(functions))
+        raise TuneError(f"no registered candidate matches anything the model runs (targets: {names}): no instance "
+                        "of their layer classes, no call of their functions during one forward pass")
+    timer = Timer(device, s.timer)
+    pools = {**{("layer", k): v for k, v in layers.items()}, **{("function", k): v for k, v in functions.items()}}
+    total = sum(1 + len(pools[(site.kind, site.target)]) for site in sites)
+    done = 0
+    results: list[tuple[Site, _Measured, dict[str, _Measured]]] = []
+    for site in sites:
+        fallback, per_cand = _measure_site(site, pools[(site.kind, site.target)], device, mode, timer, tol, s,
+                                           lambda: report("measure", done, total))
+        done += 1 + len(per_cand)
+        report("measure", done, total)
+        results.append((site, fallback, per_cand))
+
+    entries = _entries(results, pools, s)
+    env = fingerprint(device, _dtype(model))
+    end_to_end = _end_to_end(model, step, entries, env, device, mode, timer, s, report)
+    for e in entries:
+        e.pop("_weighted", None)
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_name, "mode": mode, "device": device, "environment": env,
+        "settings": {"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
+                     "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
+        "end_to_end": end_to_end, "targets": entries,
+    }
+
+
+def _dtype(model: nn.Module) -> str | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return None
+
+
+def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, timer: Timer,
+                  tol: dict[str, dict[str, float]], s: TuneSettings,
+                  tick: Callable[[], None]) -> tuple[_Measured, dict[str, _Measured]]:
+    """Time the original and every candidate on one captured input; compare their results."""
+    original = _original(site)
+    params = list(site.module.parameters()) if site.module is not None else []
+    fallback = _Measured()
+    try:
+        with time_limit(s.time_limit_s):
+            ref_step = _Step(original, _fresh(site.args), _fresh(site.kwargs), mode, params, s.seed)
+            expected = ref_step.result()
+            fallback.timing = timer.time(ref_step)
+    except Exception as exc:
+        # Without a working original there is nothing to compare against: no candidate may win here.
+        fallback.error = f"{type(exc).__name__}: {exc}"
+        logger.warning("%s: the original raised on %s: %s", site.target, site.signature, fallback.error)
+        return fallback, {c.id: _Measured(error=f"original raised: {fallback.error}") for c in cands}
+    out: dict[str, _Measured] = {}
+    for cand in cands:
+        m = _Measured()
+        out[cand.id] = m
+        try:
+            kernel = cand.load(device)
+            problem = capability_problem(cand, kernel, mode)
+            if problem is None and site.kind == "layer":
+                assert site.module is not None
+                problem = layer_problem(kernel, type(site.module))
+            if problem:
+                m.error = f"refused: {problem}"
+                continue
+            fn = _kernel_call(site, kernel)
+            with time_limit(s.time_limit_s):
+                cand_step = _Step(fn, _fresh(site.args), _fresh(site.kwargs), mode, params, s.seed)
+                m.comparison = compare(expected, cand_step.result(), tol)
+                m.timing = timer.time(cand_step)
+        except Exception as exc:
+            m.error = f"{type(exc).__name__}: {exc}"
+            logger.info("%s: candidate %s failed on %s: %s", site.target, cand.id, site.signature, m.error)
+        finally:
+            _zero_grads(params)
+        tick()
+    return fallback, out
+
+
+def _zero_grads(params: list[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = None
+
+
+def _original(site: Site) -> Callable[..., Any]:
+    if site.kind == "layer":
+        assert site.module is not None
+        module, forward = site.module, type(site.module).forward
+        return lambda *a, **k: forward(module, *a, **k)
+    import importlib
+
+    from twinkle.kernel.kernelize import _FUNCTION_PATCHES
+
+    record = _FUNCTION_PATCHES.get(site.target)
+    if record is not None:
+        return record.original
+    module_name, _, func = site.target.rpartition(".")
+    return getattr(importlib.import_module(module_name), func)
+
+
+def _kernel_call(site: Site, kernel: Any) -> Callable[..., Any]:
+    if site.kind == "layer":
+        module, forward = site.module, kernel.forward
+        return lambda *a, **k: forward(module, *a, **k)
+    return kernel
+
+
+# ------------------------------------------------------------------------------------------------ entries
+
+
+def _entries(results: list[tuple[Site, _Measured, dict[str, _Measured]]],
+             pools: dict[tuple[str, str], list[Candidate]], s: TuneSettings) -> list[dict[str, Any]]:
+    """Profile targets: one per function target; per layer target one per group of instances with equal inputs."""
+    by_target: dict[tuple[str, str], list[tuple[Site, _Measured, dict[str, _Measured]]]] = {}
+    for r in results:
+        by_target.setdefault((r[0].kind, r[0].target), []).append(r)
+    entries = []
+    for (kind, name), rs in by_target.items():
+        groups: list[tuple[list[str] | None, list[tuple[Site, _Measured, dict[str, _Measured]]], list[int]]]
+        if kind == "function":
+            groups = [(None, rs, [r[0].calls for r in rs])]
+        else:
+            groups = _instance_groups(rs)
+        for modules, members, calls in groups:
+            entries.append(_entry(kind, name, modules, members, calls, pools[(kind, name)], s))
+    return entries
+
+
+def _instance_groups(rs: list[tuple[Site, _Measured, dict[str, _Measured]]]) -> list[Any]:
+    """Group layer instances by the set of input signatures they see; one group means no per-instance split."""
+    keys_by_path: dict[str, set[int]] = {}
+    for i, (site, _, _) in enumerate(rs):
+        for path in site.per_path:
+            keys_by_path.setdefault(path, set()).add(i)
+    groups: dict[frozenset[int], list[str]] = {}
+    for path, idx in keys_by_path.items():
+        groups.setdefault(frozenset(idx), []).append(path)
+    out = []
+    for idx, paths in groups.items():
+        members = [rs[i] for i in sorted(idx)]
+        calls = [sum(n for p, n in rs[i][0].per_path.items() if p in paths) for i in sorted(idx)]
+        out.append((sorted(paths) if len(groups) > 1 else None, members, calls))
+    return out
+
+
+def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[Site, _Measured, dict[str, _Measured]]],
+           calls: list[int], cands: list[Candidate], s: TuneSettings) -> dict[str, Any]:
+    fallback_error = next((fb.error for _, fb, _ in members if fb.error), None)
+    fb_w = None if fallback_error else Weighted(tuple(fb.timing.samples for _, fb, _ in members),  # type: ignore[union-attr]
+                                               tuple(calls))
+    scored, cand_rows = [], []
+    for cand in cands:
+        ms = [per[cand.id] for _, _, per in members]
+        error = next((m.error for m in ms if m.error), None)
+        row: dict[str, Any] = {"id": cand.id, "source": cand.source.kind, "median_ms": None, "spread": None,
+                               "speedup": None, "speedup_ci": None, "significant": False, "matches": False,
+                               "max_abs_err": None, "error": error}
+        ci = None
+        if error is None and fb_w is not None:
+            w = Weighted(tuple(m.timing.samples for m in ms), tuple(calls))  # type: ignore[union-attr]
+            comps = [m.comparison for m in ms]
+            mismatch = next((c.detail for c in comps if c is not None and not c.matches), None)
+            errs = [c.max_abs_err for c in comps if c is not None and c.max_abs_err is not None]
+            speedup, lo, hi = speedup_ci(fb_w, w, s.seed)
+            ci = (lo, hi)
+            row.update(median_ms=w.median_ms(), spread=w.spread_ms(), speedup=speedup, speedup_ci=[lo, hi],
+                       significant=lo > 1 + s.min_gain, matches=mismatch is None,
+                       max_abs_err=max(errs) if errs else None, mismatch=mismatch)
+        scored.append(Scored(cand.id, row["median_ms"], row["speedup"], ci, row["matches"], error))
+        cand_rows.append(row)
+    if fallback_error:
+        winner, reason = None, f"the original raised on the captured inputs ({fallback_error})"
+    else:
+        winner, reason = pick(scored, s.min_gain)
+    site0 = members[0][0]
+    entry: dict[str, Any] = {"name": name, "kind": kind}
+    if site0.module_class:
+        entry["module_class"] = site0.module_class
+    if modules is not None:
+        entry["modules"] = modules
+    entry.update({
+        "calls": sum(calls),
+        "inputs": [{"signature": site.signature, "calls": c, **site.inputs} for (site, _, _), c in zip(members, calls)],
+        "fallback": {"median_ms": fb_w.median_ms() if fb_w else None, "spread": fb_w.spread_ms() if fb_w else None,
+                     "error": fallback_error},
+        "candidates": cand_rows, "winner": winner, "reason": reason,
+        "_weighted": fb_w,
+    })
+    return entry
+
+
+def entry_key(entry: dict[str, Any]) -> str:
+    """A name for one profile target in combinations: the target, plus its first module for per-instance splits."""
+    if entry.get("modules"):
+        return f"{entry['name']}[{entry['modules'][0]}]"
+    return entry["name"]
+
+
+def combination_profile(entries: list[dict[str, Any]], choices: dict[str, str | None], env: dict[str, Any],
+                        device: str, mode: str) -> dict[str, Any]:
+    """A minimal in-memory profile that applies exactly ``choices`` (entry key -> candidate id or None)."""
+    targets = []
+    for e in entries:
+        t = {"name": e["name"], "kind": e["kind"], "winner": choices.get(entry_key(e))}
+        if e.get("modules"):
+            t["modules"] = e["modules"]
+        targets.append(t)
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "mode": mode, "device": device,
+            "environment": env, "targets": targets}
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def _end_to_end(model: nn.Module, step: _Step, entries: list[dict[str, Any]], env: dict[str, Any], device: str,
+                mode: str, timer: Timer, s: TuneSettings, report: Progress) -> dict[str, Any]:
+    def run_with(choices: dict[str, str | None]) -> tuple[Timing, float | None]:
+        kernelize_model(model, mode=mode, device=device, use_fallback=False,
+                        profile=combination_profile(entries, choices, env, device, mode))
+        try:
+            if is_compile(mode):
+                torch._dynamo.reset()
+            whole = _Step(model, step.args, step.kwargs, mode, step.params, s.seed)
+            with time_limit(s.time_limit_s):
+                return timer.time(whole), timer.peak_memory_mb(whole)
+        finally:
+            unkernelize(model)
+
+    report("end-to-end", 0, 2)
+    baseline, base_mem = run_with({})
+    per_target_choices = {entry_key(e): e["winner"] for e in entries}
+    summary: dict[str, Any] = {"baseline": _figures(baseline, base_mem), "trials": []}
+    chosen, best, best_choices = "baseline", (baseline, base_mem), {k: None for k in per_target_choices}
+    if any(per_target_choices.values()):
+        pt = run_with(per_target_choices)
+        summary["per_target"] = _figures(*pt, baseline, s.seed)
+        # Per-target winners stand on their own measurements unless, together, they are slower end to end.
+        if speedup_ci(_one(baseline), _one(pt[0]), s.seed)[2] >= 1.0:
+            chosen, best, best_choices = "per-target", pt, per_target_choices
+    report("end-to-end", 1, 2)
+
+    space = {entry_key(e): [None] + [c["id"] for c in e["candidates"] if c["error"] is None and c["matches"]]
+             for e in entries}
+    space = {k: v for k, v in space.items() if len(v) > 1}
+    if s.trials > 0 and space:
+        found = search.run(lambda choices: run_with(choices), space, per_target_choices, s, report)
+        summary["trials"] = found.trials
+        if found.pareto is not None:
+            summary["pareto"] = found.pareto
+        if found.best is not None and found.best != best_choices:
+            # Re-measured on its own, then kept only if it beats both the baseline and the per-target pick.
+            contender = run_with(found.best)
+            summary["search"] = _figures(*contender, baseline, s.seed)
+            if (_beats(contender, (baseline, base_mem), s.objective, s.seed)
+                    and _beats(contender, best, s.objective, s.seed)):
+                chosen, best, best_choices = "search", contender, found.best
+    summary["chosen"] = chosen
+    summary["tuned"] = _figures(*best, baseline, s.seed)
+    for e in entries:
+        choice = best_choices.get(entry_key(e))
+        if chosen == "baseline" and e["winner"] is not None:
+            e["reason"] = (f"{e['reason']}; but the per-target winners together were slower than the original end "
+                           "to end, so the original is kept")
+        elif chosen == "search" and choice != e["winner"]:
+            e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
+        e["winner"] = choice
+    report("end-to-end", 2, 2)
+    return summary
+
+
+def _beats(new: tuple[Timing, float | None], old: tuple[Timing, float | None], objective: str, seed: int) -> bool:
+    """Significantly faster (latency, both), or lower peak memory (memory), than ``old``."""
+    if objective == "memory":
+        return new[1] is not None and old[1] is not None and new[1] < old[1]
+    return speedup_ci(_one(old[0]), _one(new[0]), seed)[1] > 1.0
+
+
+def _one(t: Timing) -> Weighted:
+    return Weighted((t.samples,), (1,))
+
+
+def _figures(t: Timing, mem: float | None, baseline: Timing | None = None, seed: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {"median_ms": t.median, "spread": t.spread, "peak_mem_mb": mem}
+    if baseline is not None:
+        speedup, lo, hi = speedup_ci(_one(baseline), _one(t), seed)
+        out.update(speedup=speedup, speedup_ci=[lo, hi])
+    return out

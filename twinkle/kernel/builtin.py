@@ -1,0 +1,50 @@
+"""Built-in torch-native candidates: correct, dependency-free kernels to tune against the originals.
+
+Raw ops first, then the stateless kernel layers that use them. Nothing is registered on import: register them
+like any other implementation, e.g. ``register_layer_kernel("rmsnorm", layer_impl=builtin.RMSNorm)`` or
+``func_impl="twinkle.kernel.builtin:silu_and_mul"`` in a config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------------- raw ops
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm through ``F.rms_norm`` (one fused op in recent torch), computed in float32 like Llama's."""
+    out = F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+    return out * weight if weight is not None else out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :d]) * x[..., d:]`` with one temporary less than the textbook form."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate).mul_(up)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``cat(-x2, x1)`` of the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding (half-split layout) with both rotations in one batched expression."""
+    qk = torch.stack((q, k))
+    out = torch.addcmul(qk * cos, rotate_half(qk), sin)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    """Kernel layer for RMSNorm modules holding ``weight`` and ``eps`` (or ``variance_epsilon``, as Llama's)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        eps = getattr(self, "variance_epsilon", None)
+        return rms_norm(hidden_states, self.weight, getattr(self, "eps", 1e-6) if eps is None else eps)
