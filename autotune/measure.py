@@ -49,6 +49,18 @@ class TimerSettings:
     min_sample_ms: float = 0.2  # CPU: calls per sample are raised until one sample lasts this long
 
 
+@dataclass
+class Contender:
+    """A callable to time, and an untimed ``setup`` to run before each of its rounds (e.g. applying kernels)."""
+
+    fn: Callable[[], Any]
+    setup: Callable[[], None] | None = None
+
+    def prepare(self) -> None:
+        if self.setup is not None:
+            self.setup()
+
+
 class Timer:
     """Times callables on ``device`` ("cuda"/"rocm" use CUDA events, anything else perf_counter)."""
 
@@ -79,6 +91,52 @@ class Timer:
                 break
             previous = current
         return Timing(tuple(samples))
+
+    def compare(self, contenders: dict[str, Contender], limit_s: float | None = None) -> dict[str, Timing | str]:
+        """Time several callables interleaved, round by round (rotating the order), so that drift and load from
+        elsewhere hit them alike. A contender that raises is dropped and its entry is the error text."""
+        s = self.settings
+        live: dict[str, Contender] = {}
+        out: dict[str, Timing | str] = {}
+        inner: dict[str, int] = {}
+        for name, c in contenders.items():
+            try:
+                with time_limit(limit_s):
+                    c.prepare()
+                    for _ in range(s.warmup):
+                        c.fn()
+                    self._sync()
+                    inner[name] = 1 if self.gpu else self._calibrate(c.fn)
+                live[name] = c
+            except Exception as exc:
+                out[name] = f"{type(exc).__name__}: {exc}"
+        samples: dict[str, list[float]] = {name: [] for name in live}
+        previous: dict[str, float] = {}
+        start = time.perf_counter()
+        for round_ in range(max(1, s.max_samples // s.batch)):
+            names = list(live)
+            names = names[round_ % len(names):] + names[: round_ % len(names)] if names else names
+            for name in names:
+                c = live[name]
+                try:
+                    with time_limit(limit_s):
+                        c.prepare()
+                        samples[name].extend(self._sample(c.fn, inner[name]) for _ in range(s.batch))
+                except Exception as exc:
+                    out[name] = f"{type(exc).__name__}: {exc}"
+                    del live[name], samples[name]
+            if not live:
+                break
+            current = {name: statistics.median(v) for name, v in samples.items()}
+            enough = all(len(v) >= s.min_samples for v in samples.values())
+            stable = all(name in previous and abs(current[name] - previous[name]) <= s.rel_tol * previous[name]
+                         for name in current)
+            if enough and (stable or time.perf_counter() - start > s.max_seconds * len(contenders)):
+                break
+            previous = current
+        for name, v in samples.items():
+            out[name] = Timing(tuple(v))
+        return out
 
     def _calibrate(self, fn: Callable[[], Any]) -> int:
         t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from .capture import Site, capture
 from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
 from .errors import TuneError
 from .match import Comparison, compare, tolerances
-from .measure import Timer, TimerSettings, Timing, time_limit
+from .measure import Contender, Timer, TimerSettings, Timing, time_limit
 
 logger = logging.getLogger("twinkle.autotune")
 
@@ -240,7 +240,7 @@ def _dtype(model: nn.Module) -> str | None:
 def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, timer: Timer,
                   tol: dict[str, dict[str, float]], s: TuneSettings,
                   tick: Callable[[], None]) -> tuple[_Measured, dict[str, _Measured]]:
-    """Time the original and every candidate on one captured input; compare their results."""
+    """Check every candidate against the original on one captured input, then time them all interleaved."""
     original = _original(site)
     params = list(site.module.parameters()) if site.module is not None else []
     fallback = _Measured()
@@ -248,16 +248,15 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         with time_limit(s.time_limit_s):
             ref_step = _Step(original, _fresh(site.args), _fresh(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
-            fallback.timing = timer.time(ref_step)
     except Exception as exc:
         # Without a working original there is nothing to compare against: no candidate may win here.
         fallback.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s: the original raised on %s: %s", site.target, site.signature, fallback.error)
         return fallback, {c.id: _Measured(error=f"original raised: {fallback.error}") for c in cands}
     out: dict[str, _Measured] = {}
+    steps: dict[str, Contender] = {_FALLBACK: Contender(ref_step)}
     for cand in cands:
-        m = _Measured()
-        out[cand.id] = m
+        m = out[cand.id] = _Measured()
         try:
             kernel = cand.load(device)
             problem = capability_problem(cand, kernel, mode)
@@ -267,18 +266,29 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
             if problem:
                 m.error = f"refused: {problem}"
                 continue
-            fn = _kernel_call(site, kernel)
             with time_limit(s.time_limit_s):
-                cand_step = _Step(fn, _fresh(site.args), _fresh(site.kwargs), mode, params, s.seed)
+                cand_step = _Step(_kernel_call(site, kernel), _fresh(site.args), _fresh(site.kwargs), mode, params,
+                                  s.seed)
                 m.comparison = compare(expected, cand_step.result(), tol)
-                m.timing = timer.time(cand_step)
+            steps[cand.id] = Contender(cand_step)
         except Exception as exc:
             m.error = f"{type(exc).__name__}: {exc}"
             logger.info("%s: candidate %s failed on %s: %s", site.target, cand.id, site.signature, m.error)
         finally:
             _zero_grads(params)
         tick()
+    timings = timer.compare(steps, s.time_limit_s)
+    _zero_grads(params)
+    for key, result in timings.items():
+        m = fallback if key == _FALLBACK else out[key]
+        if isinstance(result, str):
+            m.error = result
+        else:
+            m.timing = result
     return fallback, out
+
+
+_FALLBACK = "(original)"
 
 
 def _zero_grads(params: list[torch.Tensor]) -> None:
@@ -418,57 +428,83 @@ def combination_profile(entries: list[dict[str, Any]], choices: dict[str, str | 
 
 def _end_to_end(model: nn.Module, step: _Step, entries: list[dict[str, Any]], env: dict[str, Any], device: str,
                 mode: str, timer: Timer, s: TuneSettings, report: Progress) -> dict[str, Any]:
-    def run_with(choices: dict[str, str | None]) -> tuple[Timing, float | None]:
-        kernelize_model(model, mode=mode, device=device, use_fallback=False,
-                        profile=combination_profile(entries, choices, env, device, mode))
+    """Search combinations, then time baseline, per-target pick and search pick interleaved, and choose."""
+    whole = _Step(model, step.args, step.kwargs, mode, step.params, s.seed)
+
+    def apply(choices: dict[str, str | None]) -> None:
+        unkernelize(model)
+        if any(choices.values()):
+            kernelize_model(model, mode=mode, device=device, use_fallback=False,
+                            profile=combination_profile(entries, choices, env, device, mode))
+
+    def run_alone(choices: dict[str, str | None]) -> tuple[Timing, float | None]:
+        apply(choices)
         try:
-            if is_compile(mode):
-                torch._dynamo.reset()
-            whole = _Step(model, step.args, step.kwargs, mode, step.params, s.seed)
             with time_limit(s.time_limit_s):
                 return timer.time(whole), timer.peak_memory_mb(whole)
         finally:
             unkernelize(model)
 
-    report("end-to-end", 0, 2)
-    baseline, base_mem = run_with({})
-    per_target_choices = {entry_key(e): e["winner"] for e in entries}
-    summary: dict[str, Any] = {"baseline": _figures(baseline, base_mem), "trials": []}
-    chosen, best, best_choices = "baseline", (baseline, base_mem), {k: None for k in per_target_choices}
-    if any(per_target_choices.values()):
-        pt = run_with(per_target_choices)
-        summary["per_target"] = _figures(*pt, baseline, s.seed)
-        # Per-target winners stand on their own measurements unless, together, they are slower end to end.
-        if speedup_ci(_one(baseline), _one(pt[0]), s.seed)[2] >= 1.0:
-            chosen, best, best_choices = "per-target", pt, per_target_choices
-    report("end-to-end", 1, 2)
-
+    per_target = {entry_key(e): e["winner"] for e in entries}
+    combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
+    if any(per_target.values()):
+        combos["per-target"] = per_target
+    summary: dict[str, Any] = {"trials": []}
     space = {entry_key(e): [None] + [c["id"] for c in e["candidates"] if c["error"] is None and c["matches"]]
              for e in entries}
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
-        found = search.run(lambda choices: run_with(choices), space, per_target_choices, s, report)
+        found = search.run(run_alone, space, per_target, s, report)
         summary["trials"] = found.trials
         if found.pareto is not None:
             summary["pareto"] = found.pareto
-        if found.best is not None and found.best != best_choices:
-            # Re-measured on its own, then kept only if it beats both the baseline and the per-target pick.
-            contender = run_with(found.best)
-            summary["search"] = _figures(*contender, baseline, s.seed)
-            if (_beats(contender, (baseline, base_mem), s.objective, s.seed)
-                    and _beats(contender, best, s.objective, s.seed)):
-                chosen, best, best_choices = "search", contender, found.best
+        if found.best is not None and all(found.best != c for c in combos.values()):
+            combos["search"] = found.best
+
+    report("end-to-end", 0, 1)
+    contenders = {name: Contender(whole, setup=lambda c=choices: apply(c)) for name, choices in combos.items()}
+    try:
+        timings = timer.compare(contenders, s.time_limit_s)
+        mems = {}
+        for name, choices in combos.items():
+            apply(choices)
+            mems[name] = timer.peak_memory_mb(whole) if not isinstance(timings.get(name), str) else None
+    finally:
+        unkernelize(model)
+    report("end-to-end", 1, 1)
+    if isinstance(timings["baseline"], str):
+        raise TuneError(f"the model step raised with the original code: {timings['baseline']}")
+    results = {}
+    for name, t in timings.items():
+        if isinstance(t, str):
+            logger.warning("end-to-end: the %s combination raised and is dropped: %s", name, t)
+            summary[name.replace("-", "_") + "_error"] = t
+        else:
+            results[name] = (t, mems[name])
+    base = results["baseline"]
+    summary["baseline"] = _figures(*base)
+    for name in ("per-target", "search"):
+        if name in results:
+            summary[name.replace("-", "_")] = _figures(*results[name], base[0], s.seed)
+    chosen, best = "baseline", base
+    # Per-target winners stand on their own measurements unless, together, they are slower end to end.
+    if "per-target" in results and speedup_ci(_one(base[0]), _one(results["per-target"][0]), s.seed)[2] >= 1.0:
+        chosen, best = "per-target", results["per-target"]
+    # A searched combination must beat both the baseline and the per-target pick.
+    if "search" in results and _beats(results["search"], base, s.objective, s.seed) \
+            and _beats(results["search"], best, s.objective, s.seed):
+        chosen, best = "search", results["search"]
     summary["chosen"] = chosen
-    summary["tuned"] = _figures(*best, baseline, s.seed)
+    summary["tuned"] = _figures(*best, base[0], s.seed)
+    final = combos[chosen]
     for e in entries:
-        choice = best_choices.get(entry_key(e))
+        choice = final.get(entry_key(e))
         if chosen == "baseline" and e["winner"] is not None:
             e["reason"] = (f"{e['reason']}; but the per-target winners together were slower than the original end "
                            "to end, so the original is kept")
         elif chosen == "search" and choice != e["winner"]:
             e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
         e["winner"] = choice
-    report("end-to-end", 2, 2)
     return summary
 
 
