@@ -137,8 +137,9 @@ class RepoSource(Source):
         return False
 
     def load(self, device: str) -> Any:
-        # One repo object, one load: keyed on the object, since two instances of one class may differ.
-        return _cached((f"{self.id}@{id(self.repo)}", device), self._load_class)
+        # One repo object, one load, whatever the device (load() takes none). Keyed on the object, since two
+        # instances of one class may differ; the entry holds the object, so its id() is never reused meanwhile.
+        return _cached((f"{self.id}@{id(self.repo)}", "any device"), lambda: (self.repo, self._load_class()))[1]
 
     def _load_class(self) -> Any:
         try:
