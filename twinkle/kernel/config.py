@@ -62,10 +62,17 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
     return [c.id for c in candidates]
 
 
+class ConfigFileNotFoundError(FileNotFoundError, ValueError):
+    """A config file that does not exist: bad input (ValueError), and still the FileNotFoundError callers expect."""
+
+
 def _read(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"kernel config {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigFileNotFoundError(f"kernel config {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"kernel config {path} cannot be read: {exc}") from exc
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
