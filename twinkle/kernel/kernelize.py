@@ -168,9 +168,12 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
     for (name, cls), members in groups.items():
         cands = class_match[cls][1]  # type: ignore[index]
         split: dict[tuple[tuple[str, ...], str | None, str], list[tuple[str, nn.Module]]] = {}
-        for path, module in members:
-            picked, note, status = _profile_filter(profile, "layer", name, cands, path)
-            split.setdefault((tuple(c.id for c in picked), note, status), []).append((path, module))
+        if profile is None:  # every instance of the class gets the same candidates
+            split[(tuple(c.id for c in cands), None, "original")] = members
+        else:  # a profile may pick per instance
+            for path, module in members:
+                picked, note, status = _profile_filter(profile, "layer", name, cands, path)
+                split.setdefault((tuple(c.id for c in picked), note, status), []).append((path, module))
         for (ids, note, status), subset in split.items():
             picked = [c for c in cands if c.id in ids]
             key = (name, cls, ids)
@@ -192,8 +195,9 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
                 for _, module in subset:
                     _plan_layer_restore(module, plan)
                 continue
+            cand_id = cand.id
             for _, module in subset:
-                _plan_layer_patch(module, layer, cand.id, plan)
+                _plan_layer_patch(module, layer, cand_id, plan)
 
 
 def _plan_layer_patch(module: nn.Module, layer: type, cand_id: str, plan: _Plan) -> None:

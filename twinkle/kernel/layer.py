@@ -6,6 +6,7 @@ buffers and ``state_dict``. Calls go straight to the kernel's forward, with no w
 
 from __future__ import annotations
 
+import functools
 import inspect
 from types import MethodType
 from typing import Any
@@ -30,7 +31,22 @@ def matches(cls: type, cand: Candidate) -> bool:
 
 
 def layer_problem(layer: type, module_cls: type) -> str | None:
-    """Why ``layer`` cannot stand in for ``module_cls``'s forward, or None when it can."""
+    """Why ``layer`` cannot stand in for ``module_cls``'s forward, or None when it can.
+
+    The verdict is remembered per pair of classes and their forwards (reading signatures costs more than the rest
+    of kernelizing a large model).
+    """
+    if isinstance(layer, type) and isinstance(module_cls, type):
+        return _remembered_problem(layer, module_cls, layer.forward, module_cls.forward)
+    return _layer_problem(layer, module_cls)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_problem(layer: type, module_cls: type, layer_forward: Any, module_forward: Any) -> str | None:
+    return _layer_problem(layer, module_cls)
+
+
+def _layer_problem(layer: type, module_cls: type) -> str | None:
     if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
         return f"{getattr(layer, '__qualname__', layer)} is not an nn.Module subclass"
     if layer.__init__ is not nn.Module.__init__:
