@@ -29,9 +29,13 @@ class Found:
     pareto: list[dict[str, Any]] | None = None
 
 
-def run(evaluate: Callable[[Choices], tuple[Timing, float | None]], space: dict[str, list[str | None]],
+def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space: dict[str, list[str | None]],
         first: Choices, s: TuneSettings, report: Progress) -> Found:
-    """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best."""
+    """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best.
+
+    ``evaluate`` returns the trial's timing, its peak memory and its time relative to the baseline measured in
+    the same interleaved window; the latency objective is that ratio, so clock drift between trials cancels.
+    """
     try:
         import optuna
     except ImportError as exc:  # optuna is a declared dependency; say so plainly if it is gone
@@ -54,23 +58,24 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None]], space: dict[
 
     def objective(trial: Any) -> Any:
         choices = {k: trial.suggest_categorical(k, options) for k, options in space.items()}
-        timing, mem = evaluate(choices)
+        timing, mem, relative = evaluate(choices)
+        trial.set_user_attr("relative_time", relative)
         trial.set_user_attr("median_ms", timing.median)
         trial.set_user_attr("spread", timing.spread)
         trial.set_user_attr("peak_mem_mb", mem)
         report("search", trial.number + 1 - len(done), remaining)
         if s.objective == "latency":
-            return timing.median
+            return relative
         if mem is None:
             raise TuneError("peak memory is not available on this device")
-        return mem if s.objective == "memory" else (timing.median, mem)
+        return mem if s.objective == "memory" else (relative, mem)
 
     report("search", 0, remaining)
     study.optimize(objective, n_trials=remaining, catch=(Exception,))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     trials = [{"number": t.number, "choices": dict(t.params), "median_ms": t.user_attrs.get("median_ms"),
-               "spread": t.user_attrs.get("spread"), "peak_mem_mb": t.user_attrs.get("peak_mem_mb")}
-              for t in complete]
+               "spread": t.user_attrs.get("spread"), "relative_time": t.user_attrs.get("relative_time"),
+               "peak_mem_mb": t.user_attrs.get("peak_mem_mb")} for t in complete]
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     for t in failed:
         logger.warning("search trial %d failed: %s", t.number, t.system_attrs.get("fail_reason", "unknown"))
@@ -79,7 +84,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None]], space: dict[
     if len(directions) == 1:
         return Found(trials, dict(study.best_trial.params))
     front = study.best_trials
-    pareto = [{"number": t.number, "choices": dict(t.params), "median_ms": t.values[0], "peak_mem_mb": t.values[1]}
-              for t in front]
+    pareto = [{"number": t.number, "choices": dict(t.params), "median_ms": t.user_attrs.get("median_ms"),
+               "relative_time": t.values[0], "peak_mem_mb": t.values[1]} for t in front]
     fastest = min(front, key=lambda t: t.values[0])
     return Found(trials, dict(fastest.params), pareto)

@@ -437,16 +437,22 @@ def _end_to_end(model: nn.Module, step: _Step, entries: list[dict[str, Any]], en
             kernelize_model(model, mode=mode, device=device, use_fallback=False,
                             profile=combination_profile(entries, choices, env, device, mode))
 
-    def run_alone(choices: dict[str, str | None]) -> tuple[Timing, float | None]:
-        apply(choices)
+    per_target = {entry_key(e): e["winner"] for e in entries}
+    combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
+
+    def run_trial(choices: dict[str, str | None]) -> tuple[Timing, float | None, float]:
+        """A trial, timed interleaved with the baseline: its time relative to the baseline cancels drift."""
         try:
-            with time_limit(s.time_limit_s):
-                return timer.time(whole), timer.peak_memory_mb(whole)
+            timings = timer.compare({"baseline": Contender(whole, setup=lambda: apply(combos["baseline"])),
+                                     "trial": Contender(whole, setup=lambda: apply(choices))}, s.time_limit_s)
+            trial, base = timings["trial"], timings["baseline"]
+            if isinstance(trial, str) or isinstance(base, str):
+                raise RuntimeError(trial if isinstance(trial, str) else f"baseline raised: {base}")
+            apply(choices)
+            return trial, timer.peak_memory_mb(whole), trial.median / base.median
         finally:
             unkernelize(model)
 
-    per_target = {entry_key(e): e["winner"] for e in entries}
-    combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
     if any(per_target.values()):
         combos["per-target"] = per_target
     summary: dict[str, Any] = {"trials": []}
@@ -454,7 +460,7 @@ def _end_to_end(model: nn.Module, step: _Step, entries: list[dict[str, Any]], en
              for e in entries}
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
-        found = search.run(run_alone, space, per_target, s, report)
+        found = search.run(run_trial, space, per_target, s, report)
         summary["trials"] = found.trials
         if found.pareto is not None:
             summary["pareto"] = found.pareto

@@ -105,7 +105,10 @@ def build_model() -> nn.Module:
     config = LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                          num_key_value_heads=KV_HEADS, intermediate_size=INTERMEDIATE, vocab_size=VOCAB,
                          max_position_embeddings=max(SEQ, 2048), tie_word_embeddings=False)
-    return LlamaForCausalLM(config).to(DTYPE).eval()
+    # The large size is built on the GPU directly when there is one (a CPU float32 init would take long).
+    where = "cuda" if SIZE != "tiny" and torch.cuda.is_available() else "cpu"
+    with torch.device(where):
+        return LlamaForCausalLM(config).to(DTYPE).eval()
 
 
 def example_inputs() -> dict[str, object]:
