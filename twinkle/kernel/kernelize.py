@@ -147,18 +147,13 @@ def _profile_filter(profile: Profile | None, kind: str, name: str, cands: list[C
 
 def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, profile: Profile | None,
                  plan: _Plan) -> None:
-    pools: dict[str, list[Candidate]] = {}
-    for name, cands in REGISTRY.targets("layer").items():
-        ordered, _ = eligible(cands, device, mode)
-        if ordered:
-            pools[name] = ordered
-    class_match: dict[type, tuple[str, list[Candidate]] | None] = {}
+    pools = {name: eligible(cands, device, mode) for name, cands in REGISTRY.targets("layer").items()}
+    class_match: dict[type, tuple[str, list[Candidate], list[str]] | None] = {}
     groups: dict[tuple[str, type], list[tuple[str, nn.Module]]] = {}
     for path, module in model.named_modules():
         cls = type(module)
         if cls not in class_match:
-            class_match[cls] = next(((name, hits) for name, ordered in pools.items()
-                                     if (hits := [c for c in ordered if matches(cls, c)])), None)
+            class_match[cls] = _match_class(cls, pools)
         found = class_match[cls]
         if found is not None:
             groups.setdefault((found[0], cls), []).append((path, module))
@@ -166,7 +161,14 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
             _plan_layer_restore(module, plan)  # its kernel is no longer eligible here
     choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]] = {}
     for (name, cls), members in groups.items():
-        cands = class_match[cls][1]  # type: ignore[index]
+        _, cands, why_not = class_match[cls]  # type: ignore[misc]
+        if not cands:  # registered for this class, but not for this device or mode: the original serves
+            plan.entries.append(Entry(kind="layer", target=name, status="original", device=device, mode=mode,
+                                      module_class=class_path(cls), where=[p for p, _ in members],
+                                      reasons=list(why_not)))
+            for _, module in members:
+                _plan_layer_restore(module, plan)
+            continue
         split: dict[tuple[tuple[str, ...], str | None, str], list[tuple[str, nn.Module]]] = {}
         if profile is None:  # every instance of the class gets the same candidates
             split[(tuple(c.id for c in cands), None, "original")] = members
@@ -184,7 +186,7 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
             entry = Entry(kind="layer", target=name, status="applied" if cand else status, device=device, mode=mode,
                           candidate=cand.id if cand else None, resolved=cand.source.resolved() if cand else None,
                           module_class=class_path(cls), where=[p for p, _ in subset],
-                          reasons=reasons + ([note] if note else []))
+                          reasons=reasons + why_not + ([note] if note else []))
             plan.entries.append(entry)
             if cand is None:
                 if ids and not use_fallback:
@@ -195,9 +197,27 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
                 for _, module in subset:
                     _plan_layer_restore(module, plan)
                 continue
+            if reasons:
+                logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id,
+                               "; ".join(reasons))
             cand_id = cand.id
             for _, module in subset:
                 _plan_layer_patch(module, layer, cand_id, plan)
+
+
+def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[Candidate, str]]]]
+                 ) -> tuple[str, list[Candidate], list[str]] | None:
+    """The kernel_name serving ``cls``: its candidates eligible for this run (best first) and why the others are
+    not. A kernel_name with eligible candidates for the class wins over one with only ineligible ones."""
+    ineligible = None
+    for name, (ordered, left_out) in pools.items():
+        hits = [c for c in ordered if matches(cls, c)]
+        why_not = [f"{c.id}: {why}" for c, why in left_out if matches(cls, c)]
+        if hits:
+            return name, hits, why_not
+        if why_not and ineligible is None:
+            ineligible = (name, [], why_not)
+    return ineligible
 
 
 def _plan_layer_patch(module: nn.Module, layer: type, cand_id: str, plan: _Plan) -> None:
@@ -239,11 +259,14 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
         assert module_name is not None and func is not None
         if only_module is not None and module_name != only_module:
             continue
-        ordered, _ = eligible(cands, device, mode)
-        if not ordered:
-            continue
+        ordered, left_out = eligible(cands, device, mode)
+        why_not = [f"{c.id}: {why}" for c, why in left_out]
         entry = Entry(kind="function", target=target, status="original", device=device, mode=mode, where=[target])
         plan.entries.append(entry)
+        if not ordered:  # registered, but not for this device or mode: the original serves this run
+            entry.reasons = why_not
+            _plan_function_restore(target, plan)
+            continue
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
@@ -258,7 +281,7 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
             continue
         picked, note, entry.status = _profile_filter(profile, "function", target, ordered)
         cand, kernel, reasons = _choose(target, picked, device, mode, use_fallback, lambda k: None)
-        entry.reasons = reasons + ([note] if note else [])
+        entry.reasons = reasons + why_not + ([note] if note else [])
         held = (original,) + ((vars(module).get(func),) if record else ())
         entry.aliases = _aliases(module, func, held)
         if cand is None:
@@ -268,6 +291,8 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
                 logger.warning("function %s: keeping the original; %s", target, "; ".join(reasons))
             _plan_function_restore(target, plan)
             continue
+        if reasons:
+            logger.warning("function %s: using %s; skipped %s", target, cand.id, "; ".join(reasons))
         entry.status, entry.candidate, entry.resolved = "applied", cand.id, cand.source.resolved()
         entry.aliases_patched = patch_aliases
         alias_mods = entry.aliases if patch_aliases else []
