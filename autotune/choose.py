@@ -70,7 +70,9 @@ def pick(candidates: Sequence[Scored], min_gain: float = MIN_GAIN) -> tuple[str 
     if not candidates:
         return None, "no candidate"
     if all(c.error for c in candidates):
-        return None, "every candidate failed"
+        if all((c.error or "").startswith("refused:") for c in candidates):
+            return None, "no candidate may be used here: " + "; ".join(f"{c.id} {c.error}" for c in candidates)
+        return None, "every candidate failed or was refused"
     matching = [c for c in candidates if c.error is None and c.matches]
     if not matching:
         return None, "no candidate matches the original numerically"

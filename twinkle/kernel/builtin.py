@@ -39,11 +39,20 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return out[0], out[1]
 
 
+# Plain torch ops: differentiable and traceable by torch.compile.
+for _op in (rms_norm, silu_and_mul, rotate_half, apply_rotary):
+    _op.has_backward = True  # type: ignore[attr-defined]
+    _op.can_torch_compile = True  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------------------------------- layers
 
 
 class RMSNorm(nn.Module):
     """Kernel layer for RMSNorm modules holding ``weight`` and ``eps`` (or ``variance_epsilon``, as Llama's)."""
+
+    has_backward = True
+    can_torch_compile = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         eps = getattr(self, "variance_epsilon", None)
