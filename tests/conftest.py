@@ -1,0 +1,86 @@
+"""Isolation shared by every test of twinkle-kernel.
+
+- The Hugging Face Hub is never reached: offline mode and an empty Hub cache are set here, before anything imports
+  `huggingface_hub` or `kernels` (both read these settings once, at import), and subprocesses inherit them.
+- Each test starts and ends with an empty `twinkle.kernel` registry, nothing patched (`unkernelize()`), no cached
+  kernel loads, and without the modules it imported from its temporary folders (test packages such as `my_pkg`,
+  kernel modules loaded from fixture repos), so the next test imports fresh copies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_EMPTY_HUB_CACHE = tempfile.mkdtemp(prefix="twinkle-tests-empty-hub-")
+atexit.register(shutil.rmtree, _EMPTY_HUB_CACHE, True)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_CACHE"] = _EMPTY_HUB_CACHE
+os.environ.pop("KERNELS_CACHE", None)
+os.environ.pop("LOCAL_KERNELS", None)
+
+
+def _module_paths(module: object) -> list[str]:
+    paths = [getattr(module, "__file__", None) or ""]
+    paths += list(getattr(module, "__path__", None) or [])
+    return [p for p in paths if p]
+
+
+def _under(path: str, root: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(root)
+    except (OSError, ValueError):
+        return False
+
+
+def _forget_modules_under(root: Path, keep: set[str]) -> None:
+    """Drop from sys.modules what the test imported from its temporary folders."""
+    for name, module in list(sys.modules.items()):
+        if name in keep or module is None:
+            continue
+        if any(_under(p, root) for p in _module_paths(module)):
+            del sys.modules[name]
+
+
+def _reset_twinkle_kernel() -> None:
+    """Empty registry, no patches, no cached kernel loads or repo instances."""
+    if "twinkle.kernel" not in sys.modules:
+        return
+    import twinkle.kernel as tk
+    from twinkle.kernel import registry, source
+
+    tk.unkernelize()
+    registry.REGISTRY.clear()
+    for cache_owner, names in ((source, ("_CACHE", "_RESOLVED")), (registry, ("_INSTANCES",))):
+        for name in names:
+            cache = getattr(cache_owner, name, None)
+            if isinstance(cache, dict):
+                cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory):
+    """Every test runs against a clean twinkle.kernel state and leaves one behind."""
+    import twinkle.kernel  # noqa: F401 - so that the state below exists before the test
+
+    from twinkle.kernel import registry
+
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    modules_before = set(sys.modules)
+    with registry.REGISTRY._lock:
+        saved = {key: list(cands) for key, cands in registry.REGISTRY._by_target.items()}
+    _reset_twinkle_kernel()
+    try:
+        yield
+    finally:
+        _reset_twinkle_kernel()
+        _forget_modules_under(basetemp, keep=modules_before)
+        with registry.REGISTRY._lock:
+            registry.REGISTRY._by_target.update(saved)
