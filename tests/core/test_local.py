@@ -52,7 +52,7 @@ def test_hub_layout_repo_path(hub_repo, as_str):
 def test_plain_package_with_package_name_does_not_clobber_the_users_module(plain_repo, user_my_kernels):
     cand = register_layer_kernel("linear", repo_path=plain_repo, package_name="my_kernels", layer_name="Linear",
                                  device="cpu")
-    assert cand == f"local:{plain_repo}#Linear"
+    assert cand == f"local:{plain_repo}/my_kernels#Linear"
     model = nn.Sequential(nn.Linear(8, 8))
     expected = F.linear(X, model[0].weight, model[0].bias) + 2
 
@@ -82,7 +82,7 @@ def test_plain_package_loaded_before_the_user_imports_theirs(plain_repo, tmp_pat
 def test_function_from_a_plain_package(my_pkg, plain_repo):
     cand = register_function_kernel("relu", "my_pkg.activations", repo_path=plain_repo, package_name="my_kernels",
                                     device="cpu")
-    assert cand == f"local:{plain_repo}#relu"
+    assert cand == f"local:{plain_repo}/my_kernels#relu"
     assert apply_function_kernel(device="cpu", strict=True) == ["my_pkg.activations.relu"]
     assert my_pkg.activations.relu.__module__.startswith("_twinkle_local_")
     assert torch.equal(my_pkg.activations.relu(-X), torch.relu(-X))

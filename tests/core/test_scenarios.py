@@ -211,7 +211,7 @@ def test_scenario4_on_this_machine(my_pkg, run_scenario, hub_repo, local_kernels
     expected = conv_model(img)
     kernelize_model(conv_model, mode="inference", device="cpu", use_fallback=False)
     conv = kernel_report(conv_model).to_dict()["entries"][0]
-    assert conv["status"] == "applied" and conv["candidate"] == f"local:{plain_repo}#Conv2d"
+    assert conv["status"] == "applied" and conv["candidate"] == f"local:{plain_repo}/my_kernels#Conv2d"
     assert conv_model[0].forward.__func__.__qualname__ == "Conv2d.forward"
     assert torch.equal(conv_model(img), expected)
 

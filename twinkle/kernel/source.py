@@ -86,13 +86,8 @@ class Source:
         """Whether the kernel is looked up by name inside what the source loads (repos and modules)."""
         return True
 
-    @property
-    def cache_key(self) -> str:
-        """What loads are cached under: the id, unless the id leaves out something that changes what is loaded."""
-        return self.id
-
     def load(self, device: str) -> Any:
-        return _cached((self.cache_key, device), lambda: self._load(device))
+        return _cached((self.id, device), lambda: self._load(device))
 
     def _load(self, device: str) -> Any:
         raise NotImplementedError
@@ -223,12 +218,8 @@ class LocalSource(Source):
 
     @property
     def id(self) -> str:
-        return f"local:{self.repo_path}"
-
-    @property
-    def cache_key(self) -> str:
-        # Two packages of one folder are two sources, although their ids name only the folder.
-        return f"{self.id}::{self.package_name or ''}"
+        # Two packages of one folder are two sources: the id names the package when one was given.
+        return f"local:{self.repo_path}" + (f"/{self.package_name}" if self.package_name else "")
 
     def _load(self, device: str) -> Any:
         path = Path(self.repo_path)
