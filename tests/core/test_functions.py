@@ -142,3 +142,21 @@ def test_unkernelize_restores_functions_exactly(my_pkg):
     assert dict(vars(my_pkg.math_ops)) == originals
     assert all(vars(my_pkg.math_ops)[k] is v for k, v in originals.items())
     assert kernel_report().entries == []
+
+
+def test_a_repo_kernel_is_never_taken_for_an_alias_of_itself(my_pkg, plain_repo):
+    # The kernel's own package holds `relu` under the same name: it is no alias of the original, and patching
+    # or restoring "aliases" must never write into it (else the cached kernel would become the original).
+    register_function_kernel("relu", "my_pkg.activations", repo_path=plain_repo, package_name="my_kernels",
+                             device="cpu")
+    original = my_pkg.activations.relu
+    for _ in range(2):
+        kernelize_model(None, device="cpu", patch_aliases=True)
+    kernel = my_pkg.activations.relu
+    assert kernel is not original and kernel.__module__.startswith("_twinkle_local_")
+    assert not any(name.startswith("_twinkle_local_") for name in _entry("my_pkg.activations.relu")["aliases"])
+
+    unkernelize()
+    assert my_pkg.activations.relu is original
+    kernelize_model(None, device="cpu")
+    assert my_pkg.activations.relu is kernel

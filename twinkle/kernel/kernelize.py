@@ -238,16 +238,18 @@ def _plan_layer_restore(module: nn.Module, plan: _Plan) -> None:
 # ------------------------------------------------------------------------------------------------- functions
 
 
-def _aliases(module: ModuleType, func: str, values: tuple[Any, ...]) -> list[str]:
-    """Modules other than ``module`` that hold one of ``values`` under the name ``func``."""
-    out = []
-    for name, mod in list(sys.modules.items()):
-        if mod is None or mod is module:
+def _aliases(module: ModuleType, func: str, original: Any) -> list[str]:
+    """Modules other than ``module`` that hold ``original`` under the name ``func`` (one name per module object:
+    ``__main__`` and its ``__mp_main__`` twin count once)."""
+    out, seen = [], {id(module)}
+    for name, mod in sorted(sys.modules.items(), key=lambda item: item[0]):
+        if mod is None or id(mod) in seen:
             continue
         namespace = getattr(mod, "__dict__", None)
-        if isinstance(namespace, dict) and any(namespace.get(func, _MISSING) is v for v in values):
+        if isinstance(namespace, dict) and namespace.get(func, _MISSING) is original:
+            seen.add(id(mod))
             out.append(name)
-    return sorted(out)
+    return out
 
 
 def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile | None, patch_aliases: bool,
@@ -282,8 +284,9 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
         picked, note, entry.status = _profile_filter(profile, "function", target, ordered)
         cand, kernel, reasons = _choose(target, picked, device, mode, use_fallback, lambda k: None)
         entry.reasons = reasons + why_not + ([note] if note else [])
-        held = (original,) + ((vars(module).get(func),) if record else ())
-        entry.aliases = _aliases(module, func, held)
+        # Aliases: modules holding the original, and those an earlier call patched (they hold the kernel now).
+        # Never search for the kernel itself: its own repo module holds it under the same name.
+        entry.aliases = sorted(set(_aliases(module, func, original)) | set(record.aliases if record else ()))
         if cand is None:
             if picked and not use_fallback:
                 raise KernelError(target, "no candidate could be applied: " + "; ".join(reasons))
