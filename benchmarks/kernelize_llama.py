@@ -3,7 +3,7 @@
 The tree is transformers' ``LlamaForCausalLM`` built on the meta device (no weights, no download): 32 layers,
 hidden size 4096, intermediate size 11008 by default. Both sides replace the forwards of ``LlamaRMSNorm`` and
 ``LlamaMLP`` with the layers ``RMSNorm`` and ``MLP`` of one local kernel repo in the Hub layout (written to a
-temporary folder), for device "cpu" in inference mode.
+temporary folder), in inference mode, for the system's backend ("cpu" here; "cuda" on a GPU machine).
 
 - kernels: a mapping ``{"LlamaRMSNorm": {"cpu": {Mode.INFERENCE: LocalLayerRepository(...)}}, ...}`` under
   ``use_kernel_mapping``; the two classes get ``kernel_layer_name`` set by hand (transformers 5.24 leaves its
@@ -67,16 +67,20 @@ class MLP(nn.Module):
 '''
 
 
+# The model lives on the meta device, so the label is free; kernels resolves a local repo for the system's own
+# backend, so both sides use that one (cpu here, cuda on a GPU machine) and bind the same functions.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 def write_kernel_repo(root: Path) -> Path:
     """Write a pure-Python kernel repo in the Hub layout (``build/torch-cpu/``) under ``root``; return its path."""
     repo = Path(root) / "bench-kernels"
-    variant = repo / "build" / "torch-cpu"
+    variant = repo / "build" / f"torch-{DEVICE}"
     package = variant / PACKAGE
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("from . import layers\n\n__all__ = ['layers']\n")
     (package / "layers.py").write_text(_LAYERS_PY)
-    metadata = {"name": "bench-kernels", "id": "_bench_kernels_cpu", "version": 1, "license": "Apache-2.0",
-                "backend": {"type": "cpu"}, "python-depends": []}
+    metadata = {"name": "bench-kernels", "id": f"_bench_kernels_{DEVICE}", "version": 1, "license": "Apache-2.0",
+                "backend": {"type": DEVICE}, "python-depends": []}
     (variant / "metadata.json").write_text(json.dumps(metadata))
     return repo
 
@@ -131,11 +135,11 @@ def run_benchmark(*, hidden_size: int = 4096, num_layers: int = 32, intermediate
         repo = write_kernel_repo(Path(repo_root) if repo_root is not None else Path(tmp))
         names = {"LlamaRMSNorm": (LlamaRMSNorm, "RMSNorm"), "LlamaMLP": (LlamaMLP, "MLP")}
 
-        mapping = {name: {"cpu": {kernels.Mode.INFERENCE: kernels.LocalLayerRepository(repo_path=repo,
+        mapping = {name: {DEVICE: {kernels.Mode.INFERENCE: kernels.LocalLayerRepository(repo_path=repo,
                                                                                         layer_name=layer)}}
                    for name, (_, layer) in names.items()}
         for name, (cls, layer) in names.items():
-            register_layer_kernel(kernel_name=name, repo_path=repo, layer_name=layer, device="cpu",
+            register_layer_kernel(kernel_name=name, repo_path=repo, layer_name=layer, device=DEVICE,
                                   mode="inference", targets=[cls])
 
         def mark(on: bool) -> None:
@@ -151,14 +155,14 @@ def run_benchmark(*, hidden_size: int = 4096, num_layers: int = 32, intermediate
             try:
                 with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
                     t0 = time.perf_counter_ns()
-                    kernels.kernelize(model, mode=kernels.Mode.INFERENCE, device="cpu", use_fallback=True)
+                    kernels.kernelize(model, mode=kernels.Mode.INFERENCE, device=DEVICE, use_fallback=True)
                     return time.perf_counter_ns() - t0
             finally:
                 mark(False)
 
         def run_twinkle(model: nn.Module) -> int:
             t0 = time.perf_counter_ns()
-            kernelize_model(model, mode="inference", device="cpu", use_fallback=True)
+            kernelize_model(model, mode="inference", device=DEVICE, use_fallback=True)
             return time.perf_counter_ns() - t0
 
         sides = {"kernels": run_kernels, "twinkle": run_twinkle}
@@ -184,11 +188,11 @@ def run_benchmark(*, hidden_size: int = 4096, num_layers: int = 32, intermediate
 
         # The kernel layer classes: kernels caches the loaded repo module in sys.modules under its metadata id, so
         # both sides (each loads through kernels.get_local_kernel) must have bound these very functions.
-        kernel_module = kernels.get_local_kernel(repo, backend="cpu")
+        kernel_module = kernels.get_local_kernel(repo, backend=DEVICE)
         layer_classes = tuple(getattr(kernel_module.layers, layer) for _, layer in names.values())
         result: dict[str, Any] = {"config": {"model": "LlamaForCausalLM (meta device)", "hidden_size": hidden_size,
                                              "num_hidden_layers": num_layers, "intermediate_size": intermediate_size,
-                                             "device": "cpu", "mode": "inference", "repeats": repeats,
+                                             "device": DEVICE, "mode": "inference", "repeats": repeats,
                                              "warmup": warmup, "kernel_repo": str(repo)}}
         for side in sides:
             checks = [_kernel_forwards(tree, layer_classes) for tree in trees[side]]

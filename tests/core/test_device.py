@@ -76,7 +76,7 @@ def test_no_model_and_no_device_means_cuda_when_available_else_cpu(per_device):
 
 
 def test_a_func_impl_registered_for_cuda_is_applied_for_the_cuda_label(my_pkg):
-    assert not torch.cuda.is_available()  # the point of this test on this machine
+    # The label is the caller's: applied whether or not this machine has a GPU.
     register_function_kernel("mul", "my_pkg.math_ops", func_impl=on_cuda, device="cuda", mode="inference")
     kernelize_model(model=None, mode="inference", device="cuda", use_fallback=False)
     assert my_pkg.math_ops.mul(2, 3) == "cuda"

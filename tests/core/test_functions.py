@@ -8,6 +8,7 @@ import importlib
 import sys
 
 import pytest
+import torch
 from core_helpers import twinkle_warnings
 
 from twinkle.kernel import KernelError, kernel_report, kernelize_model, unkernelize
@@ -38,10 +39,11 @@ def test_patches_the_attribute_and_returns_what_it_patched(my_pkg):
     assert my_pkg.math_ops.add is fast_add  # applying another module's kernels leaves this one alone
 
 
-def test_apply_defaults_to_inference_on_cpu_here(my_pkg):
+def test_apply_defaults_to_inference_on_cuda_when_available_else_cpu(my_pkg):
     register_function_kernel("add", "my_pkg.math_ops", func_impl=fast_add, device="cuda")
     register_function_kernel("mul", "my_pkg.math_ops", func_impl=fast_mul, device="cpu", mode="inference")
-    assert apply_function_kernel() == ["my_pkg.math_ops.mul"]  # no GPU here: device None means cpu
+    expected = "add" if torch.cuda.is_available() else "mul"
+    assert apply_function_kernel() == [f"my_pkg.math_ops.{expected}"]
 
 
 def test_registration_does_not_import_the_target_module(my_pkg):

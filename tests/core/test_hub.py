@@ -100,6 +100,7 @@ def test_functions_from_a_hub_repo(my_pkg, hub_repo, local_kernels):
     assert _entry(None, "my_pkg.activations.relu")["candidate"] == "hub:kernels-community/activation@main#relu"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch has CUDA: see the test below")
 def test_cuda_build_under_a_cpu_only_torch_falls_back(my_pkg, hub_repo, local_kernels, warnings_log):
     """The repo exists (with cpu and cuda builds), but a run for cuda cannot load its cuda build here."""
     repo = hub_repo("linear")
@@ -117,6 +118,18 @@ def test_cuda_build_under_a_cpu_only_torch_falls_back(my_pkg, hub_repo, local_ke
     with pytest.raises(KernelError, match="Invalid backend 'cuda'") as err:
         kernelize_model(model, mode="inference", device="cuda", use_fallback=False)
     assert err.value.target == "linear" and err.value.candidate == cand
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a GPU")
+def test_cuda_build_loads_for_real_where_there_is_a_gpu(hub_repo, local_kernels):
+    repo = hub_repo("linear")
+    local_kernels({"org/linear": repo})
+    cand = register_layer_kernel("linear", repo_id="org/linear", version=1, device="cuda", mode="inference")
+    model = _model().cuda()
+    kernelize_model(model, mode="inference", device="cuda", use_fallback=False)
+    assert kernel_module(repo, "cuda").VARIANT == "cuda"
+    assert model[0].forward.__func__ is kernel_module(repo, "cuda").layers.Linear.forward
+    assert _entry(model, "linear")["candidate"] == cand
 
 
 def test_cuda_only_repo_has_no_build_for_a_cpu_run(hub_repo, local_kernels, warnings_log):
