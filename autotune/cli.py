@@ -60,6 +60,7 @@ def _progress(quiet: bool, console: object) -> Iterator[Progress]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from rich.console import Console
+    from rich.markup import escape
     from rich.logging import RichHandler
 
     console = Console(stderr=False)
@@ -84,10 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _progress(args.quiet, console) as progress:
             profile = autotune(model, inputs, settings, model_name=args.model_py, progress=progress)
     except TuneError as exc:
-        err.print(f"[bold red]twinkle-tune:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[bold red]twinkle-tune:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except ValueError as exc:  # bad settings caught by twinkle.kernel's validation (mode, device, tolerances)
-        err.print(f"[bold red]twinkle-tune:[/] {exc}", highlight=False)
+        err.print(f"[bold red]twinkle-tune:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     profile_path = args.profile or Path("profiles") / f"{stem}.json"
     report_dir = args.report_dir or Path("reports") / stem
@@ -97,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = save_reports(profile, report_dir)
     if not args.quiet:
         render_console(profile, console)
-    console.print(f"profile: {profile_path}", highlight=False)
-    console.print("reports: " + ", ".join(str(p) for p in written), highlight=False)
+    console.print(f"profile: {profile_path}", highlight=False, soft_wrap=True, markup=False)
+    console.print("reports: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True, markup=False)
     return 0
 
 

@@ -72,7 +72,8 @@ def load_model_file(path: str | Path) -> ModelFile:
     if loaded is not None:
         if Path(getattr(loaded, "__file__", "") or "").resolve() == p:
             return ModelFile(p, loaded)
-        raise TuneError(f"{path}: its stem {stem!r} is already the name of the imported module {loaded!r}; "
+        where = getattr(loaded, "__file__", None) or "built in"
+        raise TuneError(f"{path}: its stem {stem!r} would shadow the importable module {stem} ({where}); "
                         "rename the file")
     folder = str(p.parent)
     if folder not in sys.path:
