@@ -39,16 +39,17 @@ class Site:
     per_path: dict[str, int] = field(default_factory=dict)  # layers: calls per instance with this signature
 
 
-def _clone(value: Any) -> Any:
+def clone_inputs(value: Any) -> Any:
+    """A detached copy of (nested) inputs that keeps requires_grad, so nothing run later can change them."""
     if isinstance(value, torch.Tensor):
         out = value.detach().clone()
         return out.requires_grad_(value.requires_grad) if out.is_floating_point() else out
     if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
+        return tuple(clone_inputs(v) for v in value)
     if isinstance(value, list):
-        return [_clone(v) for v in value]
+        return [clone_inputs(v) for v in value]
     if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
+        return {k: clone_inputs(v) for k, v in value.items()}
     return value
 
 
@@ -64,7 +65,7 @@ class _Recorder:
         if site is None:
             site = Site(kind=kind, target=target, key=k, signature=signature.short(args, kwargs),
                         inputs={"args": signature.describe(args), "kwargs": signature.describe(kwargs)},
-                        args=_clone(args), kwargs=_clone(kwargs), path=path, module=module,
+                        args=clone_inputs(args), kwargs=clone_inputs(kwargs), path=path, module=module,
                         module_class=f"{type(module).__module__}.{type(module).__qualname__}" if module else None)
             self.sites[site_key] = site
         site.calls += 1

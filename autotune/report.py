@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from twinkle.kernel.profile import write_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -616,31 +617,6 @@ def _draw_chart(profile: dict[str, Any], panels: list[Any], path: str, figure_cl
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _write_atomic(path: Path, write: Callable[[str], Any]) -> Path:
-    """Call ``write(tmp)`` on a temp file in ``path``'s folder, then rename it over ``path``: never half written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _text_writer(text: str) -> Callable[[str], None]:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return write
-
-
 def save_reports(profile: dict[str, Any], report_dir: str | os.PathLike[str]) -> list[Path]:
     """Write report.md, targets.csv and (when matplotlib is importable) latency.png, each atomically.
 
@@ -648,9 +624,9 @@ def save_reports(profile: dict[str, Any], report_dir: str | os.PathLike[str]) ->
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    written = [_write_atomic(report_dir / "report.md", _text_writer(_render_markdown(profile)))]
+    written = [write_text_atomic(report_dir / "report.md", _render_markdown(profile))]
     csv = to_frame(profile).to_csv(index=False, lineterminator="\n")
-    written.append(_write_atomic(report_dir / "targets.csv", _text_writer(csv)))
+    written.append(write_text_atomic(report_dir / "targets.csv", csv))
     try:
         figure_cls, canvas_cls = _load_matplotlib()
     except ImportError as exc:
@@ -662,5 +638,5 @@ def save_reports(profile: dict[str, Any], report_dir: str | os.PathLike[str]) ->
         logger.info("latency chart skipped: the profile has no timing to plot")
         return written
     png = report_dir / "latency.png"
-    written.append(_write_atomic(png, lambda tmp: _draw_chart(profile, panels, tmp, figure_cls, canvas_cls)))
+    written.append(write_atomic(png, lambda tmp: _draw_chart(profile, panels, tmp, figure_cls, canvas_cls)))
     return written

@@ -24,7 +24,7 @@ from twinkle.kernel.registry import REGISTRY, Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
 from . import search
-from .capture import Site, capture
+from .capture import Site, capture, clone_inputs
 from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
 from .errors import TuneError
 from .match import Comparison, compare, tolerances
@@ -94,20 +94,6 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _fresh(value: Any) -> Any:
-    """A copy of captured inputs, so an in-place kernel cannot change what the next one sees."""
-    if isinstance(value, torch.Tensor):
-        out = value.detach().clone()
-        return out.requires_grad_(value.requires_grad) if out.is_floating_point() else out
-    if isinstance(value, tuple):
-        return tuple(_fresh(v) for v in value)
-    if isinstance(value, list):
-        return [_fresh(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _fresh(v) for k, v in value.items()}
-    return value
-
-
 class _Step:
     """One call of a target (or the whole model) in the tuning mode: forward, or forward + backward."""
 
@@ -143,7 +129,7 @@ class _Step:
     def result(self) -> Any:
         """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
         out = self()
-        out = _fresh(out)
+        out = clone_inputs(out)
         if not self.train:
             return out
         return {"output": out, "grads": [None if t.grad is None else t.grad.detach().clone() for t in self._leaves()]}
@@ -246,7 +232,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
     fallback = _Measured()
     try:
         with time_limit(s.time_limit_s):
-            ref_step = _Step(original, _fresh(site.args), _fresh(site.kwargs), mode, params, s.seed)
+            ref_step = _Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
     except Exception as exc:
         # Without a working original there is nothing to compare against: no candidate may win here.
@@ -267,7 +253,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 m.error = f"refused: {problem}"
                 continue
             with time_limit(s.time_limit_s):
-                cand_step = _Step(_kernel_call(site, kernel), _fresh(site.args), _fresh(site.kwargs), mode, params,
+                cand_step = _Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode, params,
                                   s.seed)
                 m.comparison = compare(expected, cand_step.result(), tol)
             steps[cand.id] = Contender(cand_step)

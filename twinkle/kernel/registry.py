@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 import itertools
 import logging
 import re
@@ -189,6 +190,23 @@ def _callable(value: Any, field_name: str, where: str) -> Any:
     return value
 
 
+def _source(where: str, which: str, repo_id: Any, repo_path: Any, version: Any, revision: Any, package_name: Any,
+            trust_remote_code: Any, repo: Any, direct: Callable[[], Source]) -> Source:
+    """The source named by ``which``; ``direct`` builds the implementation given directly."""
+    if which in ("repo_id", "repo_path"):
+        return _hub_or_local(where, repo_id, repo_path, version, revision, package_name, trust_remote_code)
+    if version is not None or revision is not None or package_name is not None:
+        raise ValueError(f"{where}: version=/revision=/package_name= only go with repo_id= or repo_path=")
+    return RepoSource(repo=_repo_object(repo, where)) if which == "repo" else direct()
+
+
+def _layer_class(layer_impl: Any, where: str) -> type:
+    impl = import_string(layer_impl, f"{where}: layer_impl") if isinstance(layer_impl, str) else layer_impl
+    if not inspect.isclass(impl):
+        raise TypeError(f"{where}: layer_impl must be an nn.Module subclass, got {type(impl).__name__}")
+    return impl
+
+
 def _device_mode(device: Any, mode: Any, where: str) -> tuple[str | None, str | None]:
     dev = parse_device(device, f"{where}: device") if device is not None else None
     md = parse_mode(mode, f"{where}: mode") if mode is not None else None
@@ -211,18 +229,8 @@ def layer_candidate(kernel_name: Any, *, repo_id: Any = None, repo_path: Any = N
     dev, md = _device_mode(device, mode, where)
     if layer_name is not None:
         _require_str("layer_name", layer_name, where)
-    if which in ("repo_id", "repo_path"):
-        source = _hub_or_local(where, repo_id, repo_path, version, revision, package_name, trust_remote_code)
-    else:
-        if version is not None or revision is not None or package_name is not None:
-            raise ValueError(f"{where}: version=/revision=/package_name= only go with repo_id= or repo_path=")
-        if which == "repo":
-            source = RepoSource(repo=_repo_object(repo, where))
-        else:
-            impl = import_string(layer_impl, f"{where}: layer_impl") if isinstance(layer_impl, str) else layer_impl
-            if not inspect.isclass(impl):
-                raise TypeError(f"{where}: layer_impl must be an nn.Module subclass, got {type(impl).__name__}")
-            source = ImplSource(obj=impl)
+    source = _source(where, which, repo_id, repo_path, version, revision, package_name, trust_remote_code, repo,
+                     lambda: ImplSource(obj=_layer_class(layer_impl, where)))
     return Candidate(kind="layer", target=kernel_name, source=source, name=layer_name or kernel_name,
                      device=dev, mode=md, targets=_layer_targets(targets, where))
 
@@ -257,14 +265,7 @@ def function_candidate(func_name: Any, target_module: Any, *, func_impl: Any = N
         raise ValueError(f"{where}: give repo_id= (Hub) or repo_path= (local), not both")
     which = _one_source(where, {"func_impl": func_impl, "repo": repo, "repo_id": repo_id, "repo_path": repo_path})
     dev, md = _device_mode(device, mode, where)
-    if which in ("repo_id", "repo_path"):
-        source = _hub_or_local(where, repo_id, repo_path, version, revision, package_name, trust_remote_code)
-    else:
-        if version is not None or revision is not None or package_name is not None:
-            raise ValueError(f"{where}: version=/revision=/package_name= only go with repo_id= or repo_path=")
-        if which == "repo":
-            source = RepoSource(repo=_repo_object(repo, where))
-        else:
-            source = ImplSource(obj=_callable(func_impl, "func_impl", where))
+    source = _source(where, which, repo_id, repo_path, version, revision, package_name, trust_remote_code, repo,
+                     lambda: ImplSource(obj=_callable(func_impl, "func_impl", where)))
     return Candidate(kind="function", target=f"{target_module}.{func_name}", source=source, name=func_name,
                      device=dev, mode=md, module=target_module, func=func_name)
