@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from twinkle.kernel import register_kernels
 
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, VOCAB = 256, 4, 4, 688, 1024
-BATCH, SEQ = 2, 128
+BATCH, SEQ = 2, 64
 
 
 # ----------------------------------------------------------------------------------- the originals (textbook code)
