@@ -54,21 +54,26 @@ def clone_inputs(value: Any) -> Any:
 
 
 class _Recorder:
+    """Sites keyed by (target, layer class, input signature): identical inputs on several instances of a class are
+    kept (and their tensors copied) once, on the first instance, with the calls counted per instance."""
+
     def __init__(self) -> None:
-        self.sites: dict[tuple[str, str, str], Site] = {}
+        self.sites: dict[tuple[str, str | None, str], Site] = {}
 
     def record(self, kind: str, target: str, path: str | None, module: nn.Module | None,
                args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         k = signature.key(args, kwargs)
-        site_key = (target, path or "", k)
-        site = self.sites.get(site_key)
+        module_class = f"{type(module).__module__}.{type(module).__qualname__}" if module is not None else None
+        site = self.sites.get((target, module_class, k))
         if site is None:
             site = Site(kind=kind, target=target, key=k, signature=signature.short(args, kwargs),
                         inputs={"args": signature.describe(args), "kwargs": signature.describe(kwargs)},
                         args=clone_inputs(args), kwargs=clone_inputs(kwargs), path=path, module=module,
-                        module_class=f"{type(module).__module__}.{type(module).__qualname__}" if module else None)
-            self.sites[site_key] = site
+                        module_class=module_class)
+            self.sites[(target, module_class, k)] = site
         site.calls += 1
+        if path is not None:
+            site.per_path[path] = site.per_path.get(path, 0) + 1
 
 
 def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Candidate]],
@@ -111,7 +116,7 @@ def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Can
             h.remove()
         for mod, func, original in restore:
             setattr(mod, func, original)
-    return _merge(list(rec.sites.values()))
+    return list(rec.sites.values())
 
 
 def _wrap(rec: _Recorder, target: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -121,18 +126,3 @@ def _wrap(rec: _Recorder, target: str, original: Callable[..., Any]) -> Callable
         return original(*args, **kwargs)
 
     return recording
-
-
-def _merge(sites: list[Site]) -> list[Site]:
-    """Identical (target, class, signature) on several layer instances: measured once, on the first instance."""
-    merged: dict[tuple[str, str | None, str], Site] = {}
-    for site in sites:
-        k = (site.target, site.module_class, site.key)
-        if site.kind == "layer":
-            site.per_path[site.path or ""] = site.calls
-        if k in merged:
-            merged[k].calls += site.calls
-            merged[k].per_path.update(site.per_path)
-        else:
-            merged[k] = site
-    return list(merged.values())

@@ -204,8 +204,7 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     entries = _entries(results, pools, s)
     env = fingerprint(device, _dtype(model))
     end_to_end = _end_to_end(model, step, entries, env, device, mode, timer, s, report)
-    for e in entries:
-        e.pop("_weighted", None)
+    _zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -384,7 +383,6 @@ def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[
         "fallback": {"median_ms": fb_w.median_ms() if fb_w else None, "spread": fb_w.spread_ms() if fb_w else None,
                      "error": fallback_error},
         "candidates": cand_rows, "winner": winner, "reason": reason,
-        "_weighted": fb_w,
     })
     return entry
 
