@@ -1,7 +1,7 @@
 """The tuner: capture -> dedupe -> measure -> match -> choose -> end-to-end search -> profile (a dict).
 
 ``autotune(model, inputs, ...)`` returns the profile described in docs/profile.md; writing it is the caller's
-(``save_profile``), so that a failed run never leaves one behind.
+(``twinkle.kernel.profile.write_json_atomic``), so that a failed run never leaves one behind.
 """
 
 from __future__ import annotations
@@ -15,20 +15,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from twinkle.kernel import kernelize_model, unkernelize
+from twinkle.kernel import unkernelize
 from twinkle.kernel.device import parse_device
 from twinkle.kernel.layer import layer_problem
-from twinkle.kernel.mode import is_compile, is_train, parse_mode
+from twinkle.kernel.mode import is_train, parse_mode
 from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION, fingerprint
 from twinkle.kernel.registry import REGISTRY, Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
-from . import search
 from .capture import Site, capture, clone_inputs
 from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
+from .combination import end_to_end
 from .errors import TuneError
 from .match import Comparison, compare, tolerances
 from .measure import Contender, Timer, TimerSettings, Timing, time_limit
+from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
 
@@ -82,59 +83,6 @@ def to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    if hasattr(value, "to_tuple"):
-        return _tensors(value.to_tuple())
-    return []
-
-
-class _Step:
-    """One call of a target (or the whole model) in the tuning mode: forward, or forward + backward."""
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: str,
-                 params: list[torch.Tensor], seed: int) -> None:
-        self.fn, self.mode, self.params = fn, mode, params
-        if is_compile(mode):
-            self.fn = torch.compile(fn)
-        self.args, self.kwargs = args, kwargs
-        self.train = is_train(mode)
-        self._grads: list[torch.Tensor] | None = None
-        self._seed = seed
-
-    def _leaves(self) -> list[torch.Tensor]:
-        ins = [t for t in _tensors((self.args, self.kwargs)) if t.requires_grad]
-        return ins + [p for p in self.params if p.requires_grad]
-
-    def __call__(self) -> Any:
-        if not self.train:
-            with torch.no_grad():
-                return self.fn(*self.args, **self.kwargs)
-        for t in self._leaves():
-            t.grad = None
-        out = self.fn(*self.args, **self.kwargs)
-        outs = [t for t in _tensors(out) if t.requires_grad]
-        if outs:
-            if self._grads is None:
-                gen = torch.Generator(device="cpu").manual_seed(self._seed)
-                self._grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in outs]
-            torch.autograd.backward(outs, self._grads)
-        return out
-
-    def result(self) -> Any:
-        """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
-        out = self()
-        out = clone_inputs(out)
-        if not self.train:
-            return out
-        return {"output": out, "grads": [None if t.grad is None else t.grad.detach().clone() for t in self._leaves()]}
-
-
 @dataclass
 class _Measured:
     timing: Timing | None = None
@@ -176,7 +124,7 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     model.train(is_train(mode))
     inputs = to_device(inputs, tdev)
     args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
-    step = _Step(model, args, kwargs, mode, list(model.parameters()), s.seed)
+    step = Step(model, args, kwargs, mode, list(model.parameters()), s.seed)
     report = progress or (lambda stage, done, total: None)
 
     layers, functions = _targets(device, mode)
@@ -203,15 +151,15 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
 
     entries = _entries(results, pools, s)
     env = fingerprint(device, _dtype(model))
-    end_to_end = _end_to_end(model, step, entries, env, device, mode, timer, s, report)
-    _zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
+    summary = end_to_end(model, step, entries, env, device, mode, timer, s, report)
+    zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": model_name, "mode": mode, "device": device, "environment": env,
         "settings": {"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
                      "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
-        "end_to_end": end_to_end, "targets": entries,
+        "end_to_end": summary, "targets": entries,
     }
 
 
@@ -231,7 +179,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
     fallback = _Measured()
     try:
         with time_limit(s.time_limit_s):
-            ref_step = _Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
+            ref_step = Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
     except Exception as exc:
         # Without a working original there is nothing to compare against: no candidate may win here.
@@ -252,7 +200,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 m.error = f"refused: {problem}"
                 continue
             with time_limit(s.time_limit_s):
-                cand_step = _Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode, params,
+                cand_step = Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode, params,
                                   s.seed)
                 m.comparison = compare(expected, cand_step.result(), tol)
             steps[cand.id] = Contender(cand_step)
@@ -260,10 +208,10 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
             m.error = f"{type(exc).__name__}: {exc}"
             logger.info("%s: candidate %s failed on %s: %s", site.target, cand.id, site.signature, m.error)
         finally:
-            _zero_grads(params)
+            zero_grads(params)
         tick()
     timings = timer.compare(steps, s.time_limit_s)
-    _zero_grads(params)
+    zero_grads(params)
     for key, result in timings.items():
         m = fallback if key == _FALLBACK else out[key]
         if isinstance(result, str):
@@ -274,11 +222,6 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
 
 
 _FALLBACK = "(original)"
-
-
-def _zero_grads(params: list[torch.Tensor]) -> None:
-    for p in params:
-        p.grad = None
 
 
 def _original(site: Site) -> Callable[..., Any]:
@@ -385,133 +328,3 @@ def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[
         "candidates": cand_rows, "winner": winner, "reason": reason,
     })
     return entry
-
-
-def entry_key(entry: dict[str, Any]) -> str:
-    """A name for one profile target in combinations: the target, plus its first module for per-instance splits."""
-    if entry.get("modules"):
-        return f"{entry['name']}[{entry['modules'][0]}]"
-    return entry["name"]
-
-
-def combination_profile(entries: list[dict[str, Any]], choices: dict[str, str | None], env: dict[str, Any],
-                        device: str, mode: str) -> dict[str, Any]:
-    """A minimal in-memory profile that applies exactly ``choices`` (entry key -> candidate id or None)."""
-    targets = []
-    for e in entries:
-        t = {"name": e["name"], "kind": e["kind"], "winner": choices.get(entry_key(e))}
-        if e.get("modules"):
-            t["modules"] = e["modules"]
-        targets.append(t)
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "mode": mode, "device": device,
-            "environment": env, "targets": targets}
-
-
-# ------------------------------------------------------------------------------------------------ end to end
-
-
-def _end_to_end(model: nn.Module, step: _Step, entries: list[dict[str, Any]], env: dict[str, Any], device: str,
-                mode: str, timer: Timer, s: TuneSettings, report: Progress) -> dict[str, Any]:
-    """Search combinations, then time baseline, per-target pick and search pick interleaved, and choose."""
-    whole = _Step(model, step.args, step.kwargs, mode, step.params, s.seed)
-
-    def apply(choices: dict[str, str | None]) -> None:
-        unkernelize(model)
-        if any(choices.values()):
-            kernelize_model(model, mode=mode, device=device, use_fallback=False,
-                            profile=combination_profile(entries, choices, env, device, mode))
-
-    per_target = {entry_key(e): e["winner"] for e in entries}
-    combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
-
-    def run_trial(choices: dict[str, str | None]) -> tuple[Timing, float | None, float]:
-        """A trial, timed interleaved with the baseline: its time relative to the baseline cancels drift."""
-        try:
-            timings = timer.compare({"baseline": Contender(whole, setup=lambda: apply(combos["baseline"])),
-                                     "trial": Contender(whole, setup=lambda: apply(choices))}, s.time_limit_s)
-            trial, base = timings["trial"], timings["baseline"]
-            if isinstance(trial, str) or isinstance(base, str):
-                raise RuntimeError(trial if isinstance(trial, str) else f"baseline raised: {base}")
-            apply(choices)
-            return trial, timer.peak_memory_mb(whole), trial.median / base.median
-        finally:
-            unkernelize(model)
-
-    if any(per_target.values()):
-        combos["per-target"] = per_target
-    summary: dict[str, Any] = {"trials": []}
-    space = {entry_key(e): [None] + [c["id"] for c in e["candidates"] if c["error"] is None and c["matches"]]
-             for e in entries}
-    space = {k: v for k, v in space.items() if len(v) > 1}
-    if s.trials > 0 and space:
-        found = search.run(run_trial, space, per_target, s, report)
-        summary["trials"] = found.trials
-        if found.pareto is not None:
-            summary["pareto"] = found.pareto
-        if found.best is not None and all(found.best != c for c in combos.values()):
-            combos["search"] = found.best
-
-    report("end-to-end", 0, 1)
-    contenders = {name: Contender(whole, setup=lambda c=choices: apply(c)) for name, choices in combos.items()}
-    try:
-        timings = timer.compare(contenders, s.time_limit_s)
-        mems = {}
-        for name, choices in combos.items():
-            apply(choices)
-            mems[name] = timer.peak_memory_mb(whole) if not isinstance(timings.get(name), str) else None
-    finally:
-        unkernelize(model)
-    report("end-to-end", 1, 1)
-    if isinstance(timings["baseline"], str):
-        raise TuneError(f"the model step raised with the original code: {timings['baseline']}")
-    results = {}
-    for name, t in timings.items():
-        if isinstance(t, str):
-            logger.warning("end-to-end: the %s combination raised and is dropped: %s", name, t)
-            summary[name.replace("-", "_") + "_error"] = t
-        else:
-            results[name] = (t, mems[name])
-    base = results["baseline"]
-    summary["baseline"] = _figures(*base)
-    for name in ("per-target", "search"):
-        if name in results:
-            summary[name.replace("-", "_")] = _figures(*results[name], base[0], s.seed)
-    chosen, best = "baseline", base
-    # Per-target winners stand on their own measurements unless, together, they are slower end to end.
-    if "per-target" in results and speedup_ci(_one(base[0]), _one(results["per-target"][0]), s.seed)[2] >= 1.0:
-        chosen, best = "per-target", results["per-target"]
-    # A searched combination must beat both the baseline and the per-target pick.
-    if "search" in results and _beats(results["search"], base, s.objective, s.seed) \
-            and _beats(results["search"], best, s.objective, s.seed):
-        chosen, best = "search", results["search"]
-    summary["chosen"] = chosen
-    summary["tuned"] = _figures(*best, base[0], s.seed)
-    final = combos[chosen]
-    for e in entries:
-        choice = final.get(entry_key(e))
-        if chosen == "baseline" and e["winner"] is not None:
-            e["reason"] = (f"{e['reason']}; but the per-target winners together were slower than the original end "
-                           "to end, so the original is kept")
-        elif chosen == "search" and choice != e["winner"]:
-            e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
-        e["winner"] = choice
-    return summary
-
-
-def _beats(new: tuple[Timing, float | None], old: tuple[Timing, float | None], objective: str, seed: int) -> bool:
-    """Significantly faster (latency, both), or lower peak memory (memory), than ``old``."""
-    if objective == "memory":
-        return new[1] is not None and old[1] is not None and new[1] < old[1]
-    return speedup_ci(_one(old[0]), _one(new[0]), seed)[1] > 1.0
-
-
-def _one(t: Timing) -> Weighted:
-    return Weighted((t.samples,), (1,))
-
-
-def _figures(t: Timing, mem: float | None, baseline: Timing | None = None, seed: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {"median_ms": t.median, "spread": t.spread, "peak_mem_mb": mem}
-    if baseline is not None:
-        speedup, lo, hi = speedup_ci(_one(baseline), _one(t), seed)
-        out.update(speedup=speedup, speedup_ci=[lo, hi])
-    return out

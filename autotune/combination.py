@@ -1,0 +1,156 @@
+"""End to end: apply combinations of per-target choices, search them, and keep one only if it pays off whole.
+
+The baseline, the per-target winners and the search's best are timed interleaved; the per-target winners stand
+unless together they are significantly slower than the baseline; a searched combination must beat both.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch.nn as nn
+
+from twinkle.kernel import kernelize_model, unkernelize
+from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION
+
+from . import search
+from .choose import Weighted, speedup_ci
+from .errors import TuneError
+from .measure import Contender, Timer, Timing
+from .step import Step
+
+if TYPE_CHECKING:
+    from .tuner import Progress, TuneSettings
+
+logger = logging.getLogger("twinkle.autotune")
+
+
+def entry_key(entry: dict[str, Any]) -> str:
+    """A name for one profile target in combinations: the target, plus its first module for per-instance splits."""
+    if entry.get("modules"):
+        return f"{entry['name']}[{entry['modules'][0]}]"
+    return entry["name"]
+
+
+def combination_profile(entries: list[dict[str, Any]], choices: dict[str, str | None], env: dict[str, Any],
+                        device: str, mode: str) -> dict[str, Any]:
+    """A minimal in-memory profile that applies exactly ``choices`` (entry key -> candidate id or None)."""
+    targets = []
+    for e in entries:
+        t = {"name": e["name"], "kind": e["kind"], "winner": choices.get(entry_key(e))}
+        if e.get("modules"):
+            t["modules"] = e["modules"]
+        targets.append(t)
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "mode": mode, "device": device,
+            "environment": env, "targets": targets}
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env: dict[str, Any], device: str,
+                mode: str, timer: Timer, s: TuneSettings, report: Progress) -> dict[str, Any]:
+    """Search combinations, then time baseline, per-target pick and search pick interleaved, and choose."""
+    whole = Step(model, step.args, step.kwargs, mode, step.params, s.seed)
+
+    def apply(choices: dict[str, str | None]) -> None:
+        unkernelize(model)
+        if any(choices.values()):
+            kernelize_model(model, mode=mode, device=device, use_fallback=False,
+                            profile=combination_profile(entries, choices, env, device, mode))
+
+    per_target = {entry_key(e): e["winner"] for e in entries}
+    combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
+
+    def run_trial(choices: dict[str, str | None]) -> tuple[Timing, float | None, float]:
+        """A trial, timed interleaved with the baseline: its time relative to the baseline cancels drift."""
+        try:
+            timings = timer.compare({"baseline": Contender(whole, setup=lambda: apply(combos["baseline"])),
+                                     "trial": Contender(whole, setup=lambda: apply(choices))}, s.time_limit_s)
+            trial, base = timings["trial"], timings["baseline"]
+            if isinstance(trial, str) or isinstance(base, str):
+                raise RuntimeError(trial if isinstance(trial, str) else f"baseline raised: {base}")
+            apply(choices)
+            return trial, timer.peak_memory_mb(whole), trial.median / base.median
+        finally:
+            unkernelize(model)
+
+    if any(per_target.values()):
+        combos["per-target"] = per_target
+    summary: dict[str, Any] = {"trials": []}
+    space = {entry_key(e): [None] + [c["id"] for c in e["candidates"] if c["error"] is None and c["matches"]]
+             for e in entries}
+    space = {k: v for k, v in space.items() if len(v) > 1}
+    if s.trials > 0 and space:
+        found = search.run(run_trial, space, per_target, s, report)
+        summary["trials"] = found.trials
+        if found.pareto is not None:
+            summary["pareto"] = found.pareto
+        if found.best is not None and all(found.best != c for c in combos.values()):
+            combos["search"] = found.best
+
+    report("end-to-end", 0, 1)
+    contenders = {name: Contender(whole, setup=lambda c=choices: apply(c)) for name, choices in combos.items()}
+    try:
+        timings = timer.compare(contenders, s.time_limit_s)
+        mems = {}
+        for name, choices in combos.items():
+            apply(choices)
+            mems[name] = timer.peak_memory_mb(whole) if not isinstance(timings.get(name), str) else None
+    finally:
+        unkernelize(model)
+    report("end-to-end", 1, 1)
+    if isinstance(timings["baseline"], str):
+        raise TuneError(f"the model step raised with the original code: {timings['baseline']}")
+    results = {}
+    for name, t in timings.items():
+        if isinstance(t, str):
+            logger.warning("end-to-end: the %s combination raised and is dropped: %s", name, t)
+            summary[name.replace("-", "_") + "_error"] = t
+        else:
+            results[name] = (t, mems[name])
+    base = results["baseline"]
+    summary["baseline"] = _figures(*base)
+    for name in ("per-target", "search"):
+        if name in results:
+            summary[name.replace("-", "_")] = _figures(*results[name], base[0], s.seed)
+    chosen, best = "baseline", base
+    # Per-target winners stand on their own measurements unless, together, they are slower end to end.
+    if "per-target" in results and speedup_ci(_one(base[0]), _one(results["per-target"][0]), s.seed)[2] >= 1.0:
+        chosen, best = "per-target", results["per-target"]
+    # A searched combination must beat both the baseline and the per-target pick.
+    if "search" in results and _beats(results["search"], base, s.objective, s.seed) \
+            and _beats(results["search"], best, s.objective, s.seed):
+        chosen, best = "search", results["search"]
+    summary["chosen"] = chosen
+    summary["tuned"] = _figures(*best, base[0], s.seed)
+    final = combos[chosen]
+    for e in entries:
+        choice = final.get(entry_key(e))
+        if chosen == "baseline" and e["winner"] is not None:
+            e["reason"] = (f"{e['reason']}; but the per-target winners together were slower than the original end "
+                           "to end, so the original is kept")
+        elif chosen == "search" and choice != e["winner"]:
+            e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
+        e["winner"] = choice
+    return summary
+
+
+def _beats(new: tuple[Timing, float | None], old: tuple[Timing, float | None], objective: str, seed: int) -> bool:
+    """Significantly faster (latency, both), or lower peak memory (memory), than ``old``."""
+    if objective == "memory":
+        return new[1] is not None and old[1] is not None and new[1] < old[1]
+    return speedup_ci(_one(old[0]), _one(new[0]), seed)[1] > 1.0
+
+
+def _one(t: Timing) -> Weighted:
+    return Weighted((t.samples,), (1,))
+
+
+def _figures(t: Timing, mem: float | None, baseline: Timing | None = None, seed: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {"median_ms": t.median, "spread": t.spread, "peak_mem_mb": mem}
+    if baseline is not None:
+        speedup, lo, hi = speedup_ci(_one(baseline), _one(t), seed)
+        out.update(speedup=speedup, speedup_ci=[lo, hi])
+    return out

@@ -1,0 +1,70 @@
+"""One call of a target, or of the whole model, as the tuning mode runs it: forward, or forward + backward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from twinkle.kernel.mode import is_compile, is_train
+
+from .capture import clone_inputs
+
+
+def tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors(v)]
+    if hasattr(value, "to_tuple"):
+        return tensors(value.to_tuple())
+    return []
+
+
+class Step:
+    """One call of a target (or the whole model) in the tuning mode: forward, or forward + backward."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: str,
+                 params: list[torch.Tensor], seed: int) -> None:
+        self.fn, self.mode, self.params = fn, mode, params
+        if is_compile(mode):
+            self.fn = torch.compile(fn)
+        self.args, self.kwargs = args, kwargs
+        self.train = is_train(mode)
+        self._grads: list[torch.Tensor] | None = None
+        self._seed = seed
+
+    def _leaves(self) -> list[torch.Tensor]:
+        ins = [t for t in tensors((self.args, self.kwargs)) if t.requires_grad]
+        return ins + [p for p in self.params if p.requires_grad]
+
+    def __call__(self) -> Any:
+        if not self.train:
+            with torch.no_grad():
+                return self.fn(*self.args, **self.kwargs)
+        for t in self._leaves():
+            t.grad = None
+        out = self.fn(*self.args, **self.kwargs)
+        outs = [t for t in tensors(out) if t.requires_grad]
+        if outs:
+            if self._grads is None:
+                gen = torch.Generator(device="cpu").manual_seed(self._seed)
+                self._grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in outs]
+            torch.autograd.backward(outs, self._grads)
+        return out
+
+    def result(self) -> Any:
+        """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
+        out = self()
+        out = clone_inputs(out)
+        if not self.train:
+            return out
+        return {"output": out, "grads": [None if t.grad is None else t.grad.detach().clone() for t in self._leaves()]}
+
+
+def zero_grads(params: list[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = None
