@@ -83,7 +83,7 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
              for e in entries}
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
-        found = search.run(run_trial, space, per_target, s, report)
+        found = search.run(run_trial, space, per_target, s, report, pool_combinations(space))
         summary["trials"] = found.trials
         if found.pareto is not None:
             summary["pareto"] = found.pareto
@@ -135,6 +135,24 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
             e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
         e["winner"] = choice
     return summary
+
+
+def pool_combinations(space: dict[str, list[str | None]]) -> dict[str, dict[str, str | None]]:
+    """Each registered pool's all-in combination: per target, the pool's first matching candidate, else the original.
+
+    Trying these in the search means a tuned model never loses to a single-library stack by more than the noise.
+    """
+    try:
+        from twinkle.kernel.pools import pool_members
+    except ImportError:  # pools are optional: a build without them searches without these seeds
+        return {}
+    combos = {}
+    for pool, ids in pool_members().items():
+        members = set(ids)
+        choices = {key: next((c for c in options if c in members), None) for key, options in space.items()}
+        if any(choices.values()):
+            combos[f"pool:{pool}"] = choices
+    return combos
 
 
 def _beats(new: tuple[Timing, float | None], old: tuple[Timing, float | None], objective: str, seed: int) -> bool:

@@ -27,6 +27,7 @@ __all__ = ["render_console", "to_frame", "save_reports"]
 ORIGINAL = "(original)"
 FRAME_COLUMNS = ["target", "kind", "module_class", "modules", "calls", "candidate", "source", "median_ms", "spread",
                  "speedup", "speedup_ci_low", "speedup_ci_high", "significant", "matches", "max_abs_err", "error",
+                 "bandwidth_gbps", "roofline_pct",
                  "winner"]
 _E2E_ROWS = [("baseline", "baseline (original code)"), ("per_target", "per-target winners"),
              ("search", "best of the search"), ("tuned", "tuned")]
@@ -93,6 +94,15 @@ def _fmt_x(v: Any) -> str:
     if not math.isfinite(x):
         return f"{x}x"
     return f"{x:.1f}x" if x >= 100 else f"{x:.2f}x"
+
+
+def _fmt_bandwidth(figures: dict[str, Any]) -> str:
+    """``1.85 TB/s, 62% of copy``: achieved memory bandwidth against the measured copy roofline; ``""`` if unknown."""
+    gbps, pct = _num(figures.get("bandwidth_gbps")), _num(figures.get("roofline_pct"))
+    if gbps is None:
+        return ""
+    text = f"{gbps / 1000:.2f} TB/s" if gbps >= 1000 else f"{gbps:.0f} GB/s"
+    return text + (f", {pct:.0f}% of copy" if pct is not None else "")
 
 
 def _fmt_speedup(speedup: Any, ci: Any) -> str:
@@ -186,6 +196,11 @@ def _settings_line(profile: dict[str, Any]) -> str | None:
         parts.append(f"trials {s['trials']}")
     if s.get("seed") is not None:
         parts.append(f"seed {s['seed']}")
+    copy = _num((profile.get("roofline") or {}).get("copy_bandwidth_gbps")) if isinstance(profile.get("roofline"),
+                                                                                          dict) else None
+    if copy is not None:
+        parts.append(f"measured copy bandwidth {copy / 1000:.2f} TB/s" if copy >= 1000
+                     else f"measured copy bandwidth {copy:.0f} GB/s")
     return ", ".join(parts) or None
 
 
@@ -289,7 +304,9 @@ def render_console(profile: dict[str, Any], console: Console | None = None) -> N
                 if verdict:
                     cell.append("\n" + verdict, style=style or "dim")
                 match_style = "green" if match.startswith("✓") else ("red" if match.startswith("✗") else "dim")
-                table.add_row(cell, Text(f"{time}\n{speed}", style="bold green" if kind == "winner" else ""),
+                bandwidth = _fmt_bandwidth(fb if cand is None else cand)
+                figures = f"{time}\n{speed}" + (f"\n{bandwidth}" if bandwidth else "")
+                table.add_row(cell, Text(figures, style="bold green" if kind == "winner" else ""),
                               Text(match, style=match_style), end_section=i == len(rows) - 1)
         console.print(table)
 
@@ -362,6 +379,12 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
             best = min(done, key=lambda t: _num(t["median_ms"]))  # type: ignore[arg-type,return-value]
             line += f", fastest trial #{best.get('number', '?')} at {_fmt_time(best['median_ms'])}"
         lines.append(line)
+        pools = [t for t in done if str(t.get("label") or "").startswith("pool:")]
+        if pools:
+            lines.append("Single-library stacks tried whole: " + ", ".join(
+                f"{str(t['label']).removeprefix('pool:')} {_fmt_time(t['median_ms'])}"
+                + (f" ({1 / _num(t['relative_time']):.2f}x)" if _num(t.get("relative_time")) else "")
+                for t in pools))
     elif "end_to_end" in profile:
         lines.append("End-to-end search: not run" + (f" (trials {requested})" if requested is not None else "")
                      + ".")
@@ -389,7 +412,8 @@ def to_frame(profile: dict[str, Any]) -> pandas.DataFrame:
         rows.append({**base, "candidate": ORIGINAL, "source": "original", "median_ms": _num(fb.get("median_ms")),
                      "spread": _num(fb.get("spread")), "speedup": 1.0 if fb_ok else None, "speedup_ci_low": None,
                      "speedup_ci_high": None, "significant": None, "matches": True if fb_ok else None,
-                     "max_abs_err": None, "error": fb.get("error"), "winner": winner is None})
+                     "max_abs_err": None, "error": fb.get("error"), "winner": winner is None,
+                     "bandwidth_gbps": _num(fb.get("bandwidth_gbps")), "roofline_pct": _num(fb.get("roofline_pct"))})
         for c in _candidates(t):
             ci = c.get("speedup_ci")
             ci = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
@@ -398,7 +422,8 @@ def to_frame(profile: dict[str, Any]) -> pandas.DataFrame:
                          "speedup": _num(c.get("speedup")), "speedup_ci_low": _num(ci[0]),
                          "speedup_ci_high": _num(ci[1]), "significant": c.get("significant"),
                          "matches": c.get("matches"), "max_abs_err": _num(c.get("max_abs_err")),
-                         "error": c.get("error"), "winner": winner is not None and c.get("id") == winner})
+                         "error": c.get("error"), "winner": winner is not None and c.get("id") == winner,
+                         "bandwidth_gbps": _num(c.get("bandwidth_gbps")), "roofline_pct": _num(c.get("roofline_pct"))})
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
@@ -473,8 +498,8 @@ def _render_markdown(profile: dict[str, Any]) -> str:
     else:
         out.append("★ marks what runs after tuning: the winning candidate, or the original when no candidate "
                    "won.\n")
-        out.append("| target | calls | candidate | median ± spread | speedup [95% CI] | match | verdict |")
-        out.append("|---|---:|---|---:|---:|---|---|")
+        out.append("| target | calls | candidate | median ± spread | speedup [95% CI] | bandwidth | match | verdict |")
+        out.append("|---|---:|---|---:|---:|---:|---|---|")
         for t in targets:
             unit = _target_unit(t)
             head = [f"**{_md_code(t.get('name', '?'))}** ({_md(t.get('kind', '?'))})"]
@@ -501,7 +526,8 @@ def _render_markdown(profile: dict[str, Any]) -> str:
                 else:
                     verdict = _md(verdict)
                 cells = ["<br>".join(head) if i == 0 else "", _md(t.get("calls", "")) if i == 0 else "", label,
-                         _md(time), _md(speed), _md(match), verdict]
+                         _md(time), _md(speed), _md(_fmt_bandwidth(fb if cand is None else cand) or "—"), _md(match),
+                         verdict]
                 out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

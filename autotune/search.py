@@ -30,8 +30,12 @@ class Found:
 
 
 def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space: dict[str, list[str | None]],
-        first: Choices, s: TuneSettings, report: Progress) -> Found:
+        first: Choices, s: TuneSettings, report: Progress, enqueue: dict[str, Choices] | None = None) -> Found:
     """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best.
+
+    ``first`` is tried first, then each combination of ``enqueue`` (label -> choices, e.g. a pool's all-in
+    combination), then what the sampler proposes; each trial carries its label (``"first"``, the enqueue label or
+    ``None`` for sampled ones).
 
     ``evaluate`` returns the trial's timing, its peak memory and its time relative to the baseline measured in
     the same interleaved window; the latency objective is that ratio, so clock drift between trials cancels.
@@ -49,9 +53,14 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     except Exception as exc:
         raise TuneError(f"cannot open the optuna storage {s.storage!r}: {exc}") from exc
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    seed_params = {k: first.get(k) for k in space}
-    if not any(t.params == seed_params for t in study.trials):
-        study.enqueue_trial(seed_params)
+    labels: list[tuple[str, dict[str, str | None]]] = [("first", {k: first.get(k) for k in space})]
+    for label, choices in (enqueue or {}).items():
+        params = {k: choices.get(k) for k in space}
+        if all(params != p for _, p in labels):
+            labels.append((label, params))
+    for label, params in labels:
+        if not any(t.params == params for t in study.trials):
+            study.enqueue_trial(params, user_attrs={"label": label})
     remaining = max(0, s.trials - len(done))
     if done:
         logger.info("resuming study %s: %d trials done, %d to go", study.study_name, len(done), remaining)
@@ -73,7 +82,8 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     report("search", 0, remaining)
     study.optimize(objective, n_trials=remaining, catch=(Exception,))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    trials = [{"number": t.number, "choices": dict(t.params), "median_ms": t.user_attrs.get("median_ms"),
+    trials = [{"number": t.number, "label": t.user_attrs.get("label"), "choices": dict(t.params),
+               "median_ms": t.user_attrs.get("median_ms"),
                "spread": t.user_attrs.get("spread"), "relative_time": t.user_attrs.get("relative_time"),
                "peak_mem_mb": t.user_attrs.get("peak_mem_mb")} for t in complete]
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]

@@ -29,6 +29,7 @@ from .combination import end_to_end
 from .errors import TuneError
 from .match import Comparison, compare, tolerances
 from .measure import Contender, Timer, TimerSettings, Timing, time_limit
+from .roofline import COPY_BYTES, achieved, call_bytes, copy_bandwidth_gbps
 from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
@@ -88,6 +89,7 @@ class _Measured:
     timing: Timing | None = None
     comparison: Comparison | None = None
     error: str | None = None
+    bytes: int | None = None  # the original's: what one call reads and writes at least (forward-only modes)
 
 
 def _targets(device: str, mode: str) -> tuple[dict[str, list[Candidate]], dict[str, list[Candidate]]]:
@@ -149,7 +151,8 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         report("measure", done, total)
         results.append((site, fallback, per_cand))
 
-    entries = _entries(results, pools, s)
+    copy_gbps = None if is_train(mode) else copy_bandwidth_gbps(tdev, COPY_BYTES if device != "cpu" else 2**25)
+    entries = _entries(results, pools, s, copy_gbps)
     env = fingerprint(device, _dtype(model))
     summary = end_to_end(model, step, entries, env, device, mode, timer, s, report)
     zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
@@ -159,6 +162,7 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         "model": model_name, "mode": mode, "device": device, "environment": env,
         "settings": {"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
                      "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
+        "roofline": {"copy_bandwidth_gbps": copy_gbps},
         "end_to_end": summary, "targets": entries,
     }
 
@@ -181,6 +185,9 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         with time_limit(s.time_limit_s):
             ref_step = Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
+        if not is_train(mode):
+            buffers = list(site.module.buffers()) if site.module is not None else []
+            fallback.bytes = call_bytes(site.args, site.kwargs, expected, params, buffers)
     except Exception as exc:
         # Without a working original there is nothing to compare against: no candidate may win here.
         fallback.error = f"{type(exc).__name__}: {exc}"
@@ -251,7 +258,8 @@ def _kernel_call(site: Site, kernel: Any) -> Callable[..., Any]:
 
 
 def _entries(results: list[tuple[Site, _Measured, dict[str, _Measured]]],
-             pools: dict[tuple[str, str], list[Candidate]], s: TuneSettings) -> list[dict[str, Any]]:
+             pools: dict[tuple[str, str], list[Candidate]], s: TuneSettings,
+             copy_gbps: float | None = None) -> list[dict[str, Any]]:
     """Profile targets: one per function target; per layer target one per group of instances with equal inputs."""
     by_target: dict[tuple[str, str], list[tuple[Site, _Measured, dict[str, _Measured]]]] = {}
     for r in results:
@@ -264,7 +272,7 @@ def _entries(results: list[tuple[Site, _Measured, dict[str, _Measured]]],
         else:
             groups = _instance_groups(rs)
         for modules, members, calls in groups:
-            entries.append(_entry(kind, name, modules, members, calls, pools[(kind, name)], s))
+            entries.append(_entry(kind, name, modules, members, calls, pools[(kind, name)], s, copy_gbps))
     return entries
 
 
@@ -286,8 +294,10 @@ def _instance_groups(rs: list[tuple[Site, _Measured, dict[str, _Measured]]]) -> 
 
 
 def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[Site, _Measured, dict[str, _Measured]]],
-           calls: list[int], cands: list[Candidate], s: TuneSettings) -> dict[str, Any]:
+           calls: list[int], cands: list[Candidate], s: TuneSettings, copy_gbps: float | None = None) -> dict[str, Any]:
     fallback_error = next((fb.error for _, fb, _ in members if fb.error), None)
+    moved = [fb.bytes for _, fb, _ in members]
+    step_bytes = sum(b * n for b, n in zip(moved, calls)) if all(b is not None for b in moved) else None  # type: ignore[operator]
     fb_w = None if fallback_error else Weighted(tuple(fb.timing.samples for _, fb, _ in members),  # type: ignore[union-attr]
                                                tuple(calls))
     scored, cand_rows = [], []
@@ -308,6 +318,7 @@ def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[
             row.update(median_ms=w.median_ms(), spread=w.spread_ms(), speedup=speedup, speedup_ci=[lo, hi],
                        significant=lo > 1 + s.min_gain, matches=mismatch is None,
                        max_abs_err=max(errs) if errs else None, mismatch=mismatch)
+            row.update(achieved(step_bytes, row["median_ms"], copy_gbps))
         scored.append(Scored(cand.id, row["median_ms"], row["speedup"], ci, row["matches"], error))
         cand_rows.append(row)
     if fallback_error:
@@ -323,8 +334,9 @@ def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[
     entry.update({
         "calls": sum(calls),
         "inputs": [{"signature": site.signature, "calls": c, **site.inputs} for (site, _, _), c in zip(members, calls)],
+        "bytes_per_step": step_bytes,
         "fallback": {"median_ms": fb_w.median_ms() if fb_w else None, "spread": fb_w.spread_ms() if fb_w else None,
-                     "error": fallback_error},
+                     "error": fallback_error, **achieved(step_bytes, fb_w.median_ms() if fb_w else None, copy_gbps)},
         "candidates": cand_rows, "winner": winner, "reason": reason,
     })
     return entry
