@@ -24,8 +24,21 @@ def tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def loss_of(value: Any) -> torch.Tensor | None:
+    """The scalar ``loss`` a model output carries (transformers' ModelOutput, or a dict), else None."""
+    loss = value.get("loss") if isinstance(value, dict) else getattr(value, "loss", None)
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad:
+        return loss
+    return None
+
+
 class Step:
-    """One call of a target (or the whole model) in the tuning mode: forward, or forward + backward."""
+    """One call of a target (or the whole model) in the tuning mode: forward, or forward + backward.
+
+    In train modes an output that carries a scalar ``loss`` is trained as a training loop does: backward from the
+    loss alone, and the loss and the gradients are what is compared (a fused loss may skip materialising logits).
+    Any other output is backpropagated with fixed random gradients, so every output is checked through them.
+    """
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: str,
                  params: list[torch.Tensor], seed: int) -> None:
@@ -48,6 +61,10 @@ class Step:
         for t in self._leaves():
             t.grad = None
         out = self.fn(*self.args, **self.kwargs)
+        loss = loss_of(out)
+        if loss is not None:
+            loss.backward()
+            return out
         outs = [t for t in tensors(out) if t.requires_grad]
         if outs:
             if self._grads is None:
@@ -59,6 +76,8 @@ class Step:
     def result(self) -> Any:
         """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
         out = self()
+        if self.train and loss_of(out) is not None:
+            out = {"loss": out["loss"] if isinstance(out, dict) else out.loss}
         out = clone_inputs(out)
         if not self.train:
             return out

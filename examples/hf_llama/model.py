@@ -2,6 +2,7 @@
 
     twinkle-tune examples/hf_llama/model.py                       # tiny, float32: runs on a CPU
     TWINKLE_EXAMPLE_SIZE=1b twinkle-tune examples/hf_llama/model.py --device cuda   # Llama-3.2-1B-shaped, bf16
+    TWINKLE_EXAMPLE_SIZE=tinyllama twinkle-tune examples/hf_llama/model.py --device cuda   # TinyLlama-1.1B, 4x2048
 
 Needs transformers (pip install 'twinkle-kernel[transformers]'); liger-kernel adds Triton candidates on CUDA.
 transformers' own kernel decorators need kernels >= 0.18.2, so classes are matched by name here.
@@ -29,6 +30,9 @@ SIZES = {
     # name: (hidden, layers, heads, kv_heads, intermediate, vocab, batch, seq, dtype)
     "tiny": (256, 4, 4, 2, 688, 2048, 2, 128, torch.float32),
     "1b": (2048, 16, 32, 8, 8192, 32000, 4, 1024, torch.bfloat16),
+    # TinyLlama-1.1B's shape at batch 4 x 2048: the benchmark of docs/benchmarks.md
+    "tinyllama": (2048, int(os.environ.get("TWINKLE_EXAMPLE_LAYERS", 16)), 32, 4, 5632, 32000, 4, 2048,
+                  torch.bfloat16),
 }
 SIZE = os.environ.get("TWINKLE_EXAMPLE_SIZE", "tiny")
 if SIZE not in SIZES:
@@ -112,5 +116,6 @@ def build_model() -> nn.Module:
 
 
 def example_inputs() -> dict[str, object]:
+    """A language-modelling batch: tokens and labels (train modes backpropagate the loss, as a training loop does)."""
     ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    return {"input_ids": ids, "use_cache": False}
+    return {"input_ids": ids, "labels": ids, "use_cache": False}
