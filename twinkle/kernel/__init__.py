@@ -12,6 +12,7 @@ from .config import register_kernels
 from .errors import KernelError
 from .function import apply_function_kernel, register_function_kernel
 from .kernelize import kernel_report, kernelize_model, unkernelize
+from .pools import use_pools
 from .registry import REGISTRY, layer_candidate
 from .report import KernelReport
 
@@ -21,6 +22,7 @@ __all__ = [
     "register_layer_kernel",
     "register_function_kernel",
     "register_kernels",
+    "use_pools",
     "kernelize_model",
     "apply_function_kernel",
     "unkernelize",
