@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import REGISTRY, Candidate, function_candidate, layer_candidate
+from .pools import use_pools
 from .source import import_string
 
 _LAYER_KEYS = {"repo_id", "repo_path", "repo", "layer_impl", "layer_name", "package_name", "version", "revision",
@@ -19,9 +20,11 @@ _FUNCTION_KEYS = {"target_module", "func_name", "func_impl", "repo", "repo_id", 
 def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[str]:
     """Register every layer and function kernel in ``config`` at once; return their candidate ids.
 
-    ``config`` is ``{"layers": {kernel_name: {...}}, "functions": {name: {...}}}`` or a path to such a YAML or JSON
-    file. Callables (func_impl, layer_impl, repo) may be ``"pkg.mod:attr"`` strings. Everything is validated before
-    anything is registered; the caller's dict is never changed.
+    ``config`` is ``{"layers": {kernel_name: {...}}, "functions": {name: {...}}, "pools": [...]}`` or a path to such
+    a YAML or JSON file. Callables (func_impl, layer_impl, repo) may be ``"pkg.mod:attr"`` strings. ``pools`` names
+    built-in pools (``[torch, liger]``, or ``all``), registered as ``use_pools`` does, before the config's own
+    kernels (which are therefore tried first). Everything is validated before anything is registered; the caller's
+    dict is never changed.
     """
     origin = "config"
     if isinstance(config, (str, os.PathLike)):
@@ -29,10 +32,11 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
         config = _read(Path(config))
     if not isinstance(config, dict):
         raise TypeError(f"{origin} must be a dict with 'layers' and/or 'functions', got {type(config).__name__}")
-    unknown = set(config) - {"layers", "functions"}
+    unknown = set(config) - {"layers", "functions", "pools"}
     if unknown:
         raise ValueError(f"{origin}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                         "the top level takes 'layers' and 'functions'")
+                         "the top level takes 'layers', 'functions' and 'pools'")
+    pools = _pool_names(config.get("pools"), origin)
     candidates: list[Candidate] = []
     for section, keys in (("layers", _LAYER_KEYS), ("functions", _FUNCTION_KEYS)):
         entries = config.get(section) or {}
@@ -58,8 +62,26 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
                 func_name = spec.pop("func_name", name)
                 target_module = spec.pop("target_module")
                 candidates.append(function_candidate(func_name, target_module, **spec))
+    ids = use_pools(*pools) if pools else []
     REGISTRY.add(candidates)
-    return [c.id for c in candidates]
+    return ids + [c.id for c in candidates]
+
+
+def _pool_names(pools: Any, origin: str) -> list[str]:
+    """The ``pools`` entry: a pool name or a list of them, checked (unknown names are a ValueError)."""
+    from .pools import POOL_NAMES, _pool_names
+
+    if pools is None:
+        return []
+    if isinstance(pools, str):
+        pools = [pools]
+    if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+        raise TypeError(f"{origin}: 'pools' must be a list of pool names ({', '.join(POOL_NAMES)}, all), "
+                        f"got {pools!r}")
+    try:
+        return _pool_names(pools)
+    except ValueError as exc:
+        raise ValueError(f"{origin}: pools: {exc}".replace("use_pools: ", "")) from None
 
 
 class ConfigFileNotFoundError(FileNotFoundError, ValueError):
