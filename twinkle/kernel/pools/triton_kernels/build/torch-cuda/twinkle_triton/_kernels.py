@@ -1,0 +1,205 @@
+"""The Triton kernels and their launchers. Imported on first use only: this module needs `triton`.
+
+Every kernel reads and computes in float32 and rounds where eager PyTorch rounds (to the tensors' own dtype), so in
+bf16/fp16 the results match the original modules' op-by-op results up to an occasional last-bit difference, forward
+and backward. The launchers take 2-D row views (contiguous last dim, any row stride) and allocate the outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_HIDDEN = 65536  # one row is one block: beyond this a row no longer fits a program's registers
+
+# ------------------------------------------------------------------------------------------------- RMSNorm
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(X, W, Y, RSTD, n_rows, n_cols, stride_x, stride_y, eps,
+                         HAS_WEIGHT: tl.constexpr, STORE_RSTD: tl.constexpr,
+                         ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    # ROWS rows of BLOCK_N columns per program: one long row, or a tile of several short ones.
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    col_ok = cols < n_cols
+    mask = row_ok[:, None] & col_ok[None, :]
+    rows = rows.to(tl.int64)
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    # Llama: weight * (x * rstd).to(input dtype), the product in the output dtype.
+    normed = (x * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32)
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        y = w[None, :] * normed
+    else:
+        y = normed
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    if STORE_RSTD:
+        tl.store(RSTD + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, n_rows, n_cols, stride_dy, stride_x, stride_dx,
+                         rows_per_program, HAS_WEIGHT: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Each program walks a contiguous range of rows and keeps its own partial sum of dweight.
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    w = dw
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    row_start = pid.to(tl.int64) * rows_per_program
+    for i in range(0, tl.minimum(rows_per_program, n_rows - row_start)):
+        r = row_start + i
+        dy = tl.load(DY + r * stride_dy + cols, mask=col_ok, other=0.0).to(tl.float32)
+        x = tl.load(X + r * stride_x + cols, mask=col_ok, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + r)
+        n = x * rstd
+        if HAS_WEIGHT:
+            # Eager rounds d(weight) per element to the output dtype and d(normed) to the input dtype.
+            dw += (dy * n.to(X.dtype.element_ty).to(tl.float32)).to(DY.dtype.element_ty).to(tl.float32)
+            dn = (dy * w).to(X.dtype.element_ty).to(tl.float32)
+        else:
+            dn = dy.to(X.dtype.element_ty).to(tl.float32)
+        dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / n_cols))
+        tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=col_ok)
+    if HAS_WEIGHT:
+        tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=col_ok)
+
+
+def rms_norm_config(n_cols: int) -> tuple[int, int, int]:
+    """``(BLOCK_N, ROWS, num_warps)`` for the forward: a whole row per block, several rows per program while a row
+    is short (about 4096 elements per program), and enough warps that each thread holds 8 to 16 elements."""
+    block_n = triton.next_power_of_2(n_cols)
+    rows = max(1, min(32, 4096 // block_n))
+    elements = block_n * rows
+    num_warps = 32 if elements >= 32768 else 16 if elements >= 8192 else 8 if elements >= 2048 else 4
+    return block_n, rows, num_warps
+
+
+def _bwd_warps(block_n: int) -> int:
+    return 32 if block_n >= 32768 else 16 if block_n >= 8192 else 8 if block_n >= 2048 else 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _programs(device: torch.device, n_rows: int, per_sm: int) -> int:
+    if device.type == "cuda":
+        return max(1, min(n_rows, _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+                          * per_sm))
+    return max(1, min(n_rows, 4))  # the interpreter: few programs, each one a Python loop
+
+
+def _check_hidden(n_cols: int) -> None:
+    if n_cols > MAX_HIDDEN:
+        raise ValueError(f"twinkle_triton.rms_norm handles a last dimension of at most {MAX_HIDDEN}, got {n_cols}")
+
+
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float, store_rstd: bool,
+                 config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm of the rows of ``x`` (2-D, contiguous last dim); returns the output and, if asked, 1/rms per row."""
+    n_rows, n_cols = x.shape
+    _check_hidden(n_cols)
+    out_dtype = x.dtype if weight is None else torch.promote_types(x.dtype, weight.dtype)
+    y = torch.empty((n_rows, n_cols), dtype=out_dtype, device=x.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device) if store_rstd else None
+    if n_rows == 0:
+        return y, rstd
+    block_n, rows, num_warps = config or rms_norm_config(n_cols)
+    grid = (triton.cdiv(n_rows, rows),)
+    _rms_norm_fwd_kernel[grid](x, weight if weight is not None else x, y, rstd if rstd is not None else y,
+                               n_rows, n_cols, x.stride(0), y.stride(0), float(eps),
+                               HAS_WEIGHT=weight is not None, STORE_RSTD=store_rstd,
+                               ROWS=rows, BLOCK_N=block_n, num_warps=num_warps)
+    return y, rstd
+
+
+def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+                 rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of RMSNorm for the 2-D rows ``dy`` (output dtype), ``x``; dweight summed over per-program
+    partial sums."""
+    n_rows, n_cols = x.shape
+    dx = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    if n_rows == 0:
+        return dx, (torch.zeros_like(weight) if weight is not None else None)
+    block_n = triton.next_power_of_2(n_cols)
+    programs = _programs(x.device, n_rows, per_sm=4)
+    rows_per_program = triton.cdiv(n_rows, programs)
+    programs = triton.cdiv(n_rows, rows_per_program)
+    dw_part = (torch.empty((programs, n_cols), dtype=torch.float32, device=x.device) if weight is not None
+               else None)
+    _rms_norm_bwd_kernel[(programs,)](dy, x, weight if weight is not None else x, rstd, dx,
+                                      dw_part if dw_part is not None else dx,
+                                      n_rows, n_cols, dy.stride(0), x.stride(0), dx.stride(0), rows_per_program,
+                                      HAS_WEIGHT=weight is not None, BLOCK_N=block_n,
+                                      num_warps=_bwd_warps(block_n))
+    dw = dw_part.sum(0).to(weight.dtype) if dw_part is not None and weight is not None else None
+    return dx, dw
+
+
+# ------------------------------------------------------------------------------------------------- SiLU * up
+
+
+@triton.jit
+def _silu_mul_fwd_kernel(G, U, O, n_cols, stride_g, stride_u, stride_o, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+    # Eager: silu(gate) in float32 rounded to the dtype, then the product rounded.
+    s = (g / (1.0 + tl.exp(-g))).to(G.dtype.element_ty).to(tl.float32)
+    tl.store(O + row * stride_o + cols, (s * u).to(O.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _silu_mul_bwd_kernel(DO, G, U, DG, DU, n_cols, stride_do, stride_g, stride_u, stride_dg, stride_du,
+                         BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    do = tl.load(DO + row * stride_do + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+    sig = 1.0 / (1.0 + tl.exp(-g))
+    s = (g / (1.0 + tl.exp(-g))).to(G.dtype.element_ty).to(tl.float32)
+    ds = (do * u).to(G.dtype.element_ty).to(tl.float32)
+    dg = ds * sig * (1.0 + g * (1.0 - sig))
+    tl.store(DG + row * stride_dg + cols, dg.to(DG.dtype.element_ty), mask=mask)
+    tl.store(DU + row * stride_du + cols, (do * s).to(DU.dtype.element_ty), mask=mask)
+
+
+def _silu_config(n_cols: int) -> tuple[int, int]:
+    block = min(triton.next_power_of_2(n_cols), 2048)
+    return block, max(1, min(8, block // 256))
+
+
+def silu_mul_fwd(g: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = silu(g) * u`` on 2-D row views of equal shape (contiguous last dim, any row strides)."""
+    n_rows, n_cols = g.shape
+    if g.numel() == 0:
+        return out
+    block, num_warps = _silu_config(n_cols)
+    _silu_mul_fwd_kernel[(n_rows, triton.cdiv(n_cols, block))](
+        g, u, out, n_cols, g.stride(0), u.stride(0), out.stride(0), BLOCK=block, num_warps=num_warps)
+    return out
+
+
+def silu_mul_bwd(do: torch.Tensor, g: torch.Tensor, u: torch.Tensor, dg: torch.Tensor, du: torch.Tensor) -> None:
+    """Fills ``dg`` and ``du`` (2-D row views) with the gradients of ``silu(g) * u`` for ``do``."""
+    n_rows, n_cols = g.shape
+    if g.numel() == 0:
+        return
+    block, num_warps = _silu_config(n_cols)
+    _silu_mul_bwd_kernel[(n_rows, triton.cdiv(n_cols, block))](
+        do, g, u, dg, du, n_cols, do.stride(0), g.stride(0), u.stride(0), dg.stride(0), du.stride(0),
+        BLOCK=block, num_warps=num_warps)
