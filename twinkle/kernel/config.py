@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import REGISTRY, Candidate, function_candidate, layer_candidate
-from .pools import use_pools
+from .pools import POOL_NAMES, check_names, use_pools
 from .source import import_string
 
 _LAYER_KEYS = {"repo_id", "repo_path", "repo", "layer_impl", "layer_name", "package_name", "version", "revision",
@@ -36,7 +36,7 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
     if unknown:
         raise ValueError(f"{origin}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                          "the top level takes 'layers', 'functions' and 'pools'")
-    pools = _pool_names(config.get("pools"), origin)
+    pools = _pools_entry(config.get("pools"), origin)
     candidates: list[Candidate] = []
     for section, keys in (("layers", _LAYER_KEYS), ("functions", _FUNCTION_KEYS)):
         entries = config.get(section) or {}
@@ -67,10 +67,8 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
     return ids + [c.id for c in candidates]
 
 
-def _pool_names(pools: Any, origin: str) -> list[str]:
+def _pools_entry(pools: Any, origin: str) -> list[str]:
     """The ``pools`` entry: a pool name or a list of them, checked (unknown names are a ValueError)."""
-    from .pools import POOL_NAMES, _pool_names
-
     if pools is None:
         return []
     if isinstance(pools, str):
@@ -79,7 +77,7 @@ def _pool_names(pools: Any, origin: str) -> list[str]:
         raise TypeError(f"{origin}: 'pools' must be a list of pool names ({', '.join(POOL_NAMES)}, all), "
                         f"got {pools!r}")
     try:
-        return _pool_names(pools)
+        return check_names(pools)
     except ValueError as exc:
         raise ValueError(f"{origin}: pools: {exc}".replace("use_pools: ", "")) from None
 

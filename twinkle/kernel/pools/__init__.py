@@ -30,7 +30,7 @@ from .targets import TARGETS, Pool
 
 logger = logging.getLogger("twinkle.kernel")
 
-__all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "POOL_NAMES"]
+__all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "check_names", "POOL_NAMES"]
 
 POOL_NAMES = ("torch", "liger", "compiled", "triton")
 _MODULES = {"torch": "native", "liger": "liger", "compiled": "compiled", "triton": "triton"}
@@ -58,11 +58,13 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _pool_names(names: Iterable[Any]) -> list[str]:
+def check_names(names: Iterable[Any]) -> list[str]:
+    """Pool names as given (a name, or lists of them; any case; "all") -> the pools to register, in order, each
+    once. An unknown name is a ValueError naming the valid ones."""
     out: list[str] = []
     for name in names:
         if isinstance(name, (list, tuple)):
-            out += _pool_names(name)
+            out += check_names(name)
             continue
         if not isinstance(name, str):
             raise TypeError(f"use_pools: pool names are strings, got {name!r}")
@@ -119,7 +121,7 @@ def use_pools(*names: str | Iterable[str], device: str | None = None, mode: str 
     """
     from .. import register_function_kernel, register_layer_kernel
 
-    picked = _pool_names(names)
+    picked = check_names(names)
     if not picked:
         raise ValueError(f"use_pools: name at least one pool: {', '.join(POOL_NAMES)}, or 'all'")
     dev = parse_device(device, "use_pools: device") if device is not None else None

@@ -37,6 +37,7 @@ DEFAULT_BACKEND = "inductor"
 
 _COMPILED: dict[tuple[Any, str], Callable[..., Any] | None] = {}  # (original, backend) -> compiled, None: failed
 _LOCK = threading.Lock()
+_MISSING = object()
 
 
 def backend() -> str:
@@ -51,8 +52,8 @@ def _name(fn: Any) -> str:
 def _compiled(original: Callable[..., Any], which: str) -> Callable[..., Any] | None:
     """``torch.compile(original)`` for the backend ``which``, made once; None when it cannot be made."""
     key = (original, which)
-    found = _COMPILED.get(key, _LOCK)
-    if found is not _LOCK:
+    found = _COMPILED.get(key, _MISSING)
+    if found is not _MISSING:
         return found  # type: ignore[return-value]
     with _LOCK:
         if key not in _COMPILED:
