@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -198,10 +199,24 @@ def test_on_a_cpu_only_torch_function_kernels_fall_back(caplog, tmp_path, monkey
 
 
 _INTERPRETED = None
+# Triton reads TRITON_INTERPRET when it defines a kernel, its own library's too (tl.sum's combine function): so the
+# interpreter runs only in a process that had it set before importing triton.
+IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not HAS_TRITON or IN_INTERPRETER, reason="needs triton; runs the interpreter tests in a child")
+def test_numerics_under_the_triton_interpreter():
+    """(c): the numeric tests below, run by Triton's interpreter on CPU tensors in a child process."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                           "-k", "interpret"], cwd=root, env=dict(os.environ, TRITON_INTERPRET="1"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
 
 
 @pytest.fixture(params=["cuda", "interpret"])
-def backend(request, monkeypatch):
+def backend(request):
     """``(module, device)``: the repo loaded through twinkle's local source on CUDA, or a copy run by Triton's
     interpreter on the CPU."""
     global _INTERPRETED
@@ -213,7 +228,8 @@ def backend(request, monkeypatch):
         return LocalSource(repo_path=str(REPO)).load("cuda"), "cuda"
     if not HAS_TRITON:
         pytest.skip("needs triton (TRITON_INTERPRET=1)")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernels are defined, and at each call
+    if not IN_INTERPRETER:
+        pytest.skip("run by test_numerics_under_the_triton_interpreter, in a process started with TRITON_INTERPRET=1")
     if _INTERPRETED is None:
         module = load_copy("_twinkle_triton_interpret")
         module._runtime.kernels()  # define the kernels now, interpreted
@@ -222,6 +238,7 @@ def backend(request, monkeypatch):
 
 
 def rel_err(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    actual, reference = actual.detach(), reference.detach()
     assert torch.isfinite(actual).all()
     return float((actual.double() - reference).norm() / reference.norm())
 

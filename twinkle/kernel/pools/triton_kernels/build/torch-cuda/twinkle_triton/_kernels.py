@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 MAX_HIDDEN = 65536  # one row is one block: beyond this a row no longer fits a program's registers
+MAX_ITERS = 256  # row blocks per backward program (a power of two: one compiled variant each)
 
 # ------------------------------------------------------------------------------------------------- RMSNorm
 
@@ -45,46 +46,58 @@ def _rms_norm_fwd_kernel(X, W, Y, RSTD, n_rows, n_cols, stride_x, stride_y, eps,
 
 @triton.jit
 def _rms_norm_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, n_rows, n_cols, stride_dy, stride_x, stride_dx,
-                         rows_per_program, HAS_WEIGHT: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Each program walks a contiguous range of rows and keeps its own partial sum of dweight.
+                         HAS_WEIGHT: tl.constexpr, ITERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Each program walks ITERS * ROWS consecutive rows, ROWS at a time, and keeps its own partial sum of dweight.
+    # (ITERS is a constexpr, a power of two: Triton's interpreter cannot loop over a run-time count everywhere.)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
-    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    w = dw
+    dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    w = tl.zeros([BLOCK_N], dtype=tl.float32)
     if HAS_WEIGHT:
         w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    row_start = pid.to(tl.int64) * rows_per_program
-    for i in range(0, tl.minimum(rows_per_program, n_rows - row_start)):
-        r = row_start + i
-        dy = tl.load(DY + r * stride_dy + cols, mask=col_ok, other=0.0).to(tl.float32)
-        x = tl.load(X + r * stride_x + cols, mask=col_ok, other=0.0).to(tl.float32)
-        rstd = tl.load(RSTD + r)
-        n = x * rstd
+    first = pid.to(tl.int64) * (ITERS * ROWS)
+    for i in range(ITERS):
+        rows = first + i * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        n = x * rstd[:, None]
         if HAS_WEIGHT:
             # Eager rounds d(weight) per element to the output dtype and d(normed) to the input dtype.
             dw += (dy * n.to(X.dtype.element_ty).to(tl.float32)).to(DY.dtype.element_ty).to(tl.float32)
-            dn = (dy * w).to(X.dtype.element_ty).to(tl.float32)
+            dn = (dy * w[None, :]).to(X.dtype.element_ty).to(tl.float32)
         else:
             dn = dy.to(X.dtype.element_ty).to(tl.float32)
-        dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / n_cols))
-        tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=col_ok)
+        dx = rstd[:, None] * (dn - n * (tl.sum(dn * n, axis=1) / n_cols)[:, None])
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     if HAS_WEIGHT:
-        tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=col_ok)
+        tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, tl.sum(dw, axis=0), mask=col_ok)
 
 
 def rms_norm_config(n_cols: int) -> tuple[int, int, int]:
     """``(BLOCK_N, ROWS, num_warps)`` for the forward: a whole row per block, several rows per program while a row
-    is short (about 4096 elements per program), and enough warps that each thread holds 8 to 16 elements."""
+    is short (about 4096 elements per program), 4 to 32 warps by elements per program (swept on an H100: at 16384
+    x 4096 bf16 this runs at 95% of the copy bandwidth, within 1-3% of the best configuration at every size
+    tried)."""
     block_n = triton.next_power_of_2(n_cols)
     rows = max(1, min(32, 4096 // block_n))
     elements = block_n * rows
-    num_warps = 32 if elements >= 32768 else 16 if elements >= 8192 else 8 if elements >= 2048 else 4
+    num_warps = 4 if elements <= 4096 else 8 if elements <= 8192 else 16 if elements <= 32768 else 32
     return block_n, rows, num_warps
 
 
-def _bwd_warps(block_n: int) -> int:
-    return 32 if block_n >= 32768 else 16 if block_n >= 8192 else 8 if block_n >= 2048 else 4
+def rms_norm_bwd_config(n_cols: int) -> tuple[int, int, int]:
+    """``(ROWS, programs per SM, num_warps)`` for the backward: the best of a sweep on an H100 (bf16, hidden 1024
+    to 8192: 75-86% of the copy bandwidth for reading dy and x and writing dx)."""
+    block_n = triton.next_power_of_2(n_cols)
+    if block_n <= 2048:
+        return 4, 2, 4
+    if block_n == 4096:
+        return 4, 2, 8
+    return 1, 2, max(4, min(32, block_n // 2048))
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,11 +105,12 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _programs(device: torch.device, n_rows: int, per_sm: int) -> int:
+def _programs(device: torch.device, blocks: int, per_sm: int) -> int:
+    """How many programs share ``blocks`` row blocks: ``per_sm`` per multiprocessor (a few on the interpreter)."""
     if device.type == "cuda":
-        return max(1, min(n_rows, _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-                          * per_sm))
-    return max(1, min(n_rows, 4))  # the interpreter: few programs, each one a Python loop
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return max(1, min(blocks, _sm_count(index) * per_sm))
+    return max(1, min(blocks, 4))
 
 
 def _check_hidden(n_cols: int) -> None:
@@ -123,8 +137,8 @@ def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float, store
     return y, rstd
 
 
-def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
-                 rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
+                 config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of RMSNorm for the 2-D rows ``dy`` (output dtype), ``x``; dweight summed over per-program
     partial sums."""
     n_rows, n_cols = x.shape
@@ -132,16 +146,17 @@ def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
     if n_rows == 0:
         return dx, (torch.zeros_like(weight) if weight is not None else None)
     block_n = triton.next_power_of_2(n_cols)
-    programs = _programs(x.device, n_rows, per_sm=4)
-    rows_per_program = triton.cdiv(n_rows, programs)
-    programs = triton.cdiv(n_rows, rows_per_program)
+    rows, per_sm, num_warps = config or rms_norm_bwd_config(n_cols)
+    programs = _programs(x.device, triton.cdiv(n_rows, rows), per_sm)
+    iters = min(MAX_ITERS, triton.next_power_of_2(triton.cdiv(n_rows, programs * rows)))
+    programs = triton.cdiv(n_rows, iters * rows)
     dw_part = (torch.empty((programs, n_cols), dtype=torch.float32, device=x.device) if weight is not None
                else None)
     _rms_norm_bwd_kernel[(programs,)](dy, x, weight if weight is not None else x, rstd, dx,
                                       dw_part if dw_part is not None else dx,
-                                      n_rows, n_cols, dy.stride(0), x.stride(0), dx.stride(0), rows_per_program,
-                                      HAS_WEIGHT=weight is not None, BLOCK_N=block_n,
-                                      num_warps=_bwd_warps(block_n))
+                                      n_rows, n_cols, dy.stride(0), x.stride(0), dx.stride(0),
+                                      HAS_WEIGHT=weight is not None, ITERS=iters, ROWS=rows, BLOCK_N=block_n,
+                                      num_warps=num_warps)
     dw = dw_part.sum(0).to(weight.dtype) if dw_part is not None and weight is not None else None
     return dx, dw
 
