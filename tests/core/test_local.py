@@ -140,3 +140,14 @@ def test_hub_layout_repo_path_for_cuda_falls_back_here(hub_repo, warnings_log):
     kernelize_model(model, device="cuda")
     assert instance_forward(model[0]) is None
     assert "Invalid backend 'cuda'" in next(m for m in twinkle_warnings(warnings_log) if cand in m)
+
+
+def test_a_repo_inside_twinkle_has_an_id_relative_to_it_and_others_keep_their_path(tmp_path):
+    from pathlib import Path
+
+    import twinkle.kernel
+    from twinkle.kernel.source import LocalSource
+
+    inside = Path(twinkle.kernel.__file__).parent / "pools" / "triton_kernels"
+    assert LocalSource(repo_path=str(inside)).id == "local:twinkle/kernel/pools/triton_kernels"
+    assert LocalSource(repo_path=str(tmp_path)).id == f"local:{tmp_path}"

@@ -41,7 +41,7 @@ LIGER_IDS = {"impl:twinkle.kernel.pools.liger.RMSNorm", "impl:twinkle.kernel.poo
              "impl:twinkle.kernel.pools.liger.FusedLinearCrossEntropy", "impl:twinkle.kernel.pools.liger.rotary_pos_emb"}
 COMPILED_IDS = {"impl:twinkle.kernel.pools.compiled.RMSNorm", "impl:twinkle.kernel.pools.compiled.SwiGLUMLP"} | {
     f"repo:twinkle.kernel.pools.compiled.{m}.apply_rotary_pos_emb" for m in MODELING.values()}
-TRITON_IDS = {f"local:{triton.REPO_PATH}#RMSNorm", f"local:{triton.REPO_PATH}#SiluMulMLP"}
+TRITON_IDS = {"local:twinkle/kernel/pools/triton_kernels#RMSNorm", "local:twinkle/kernel/pools/triton_kernels#SiluMulMLP"}  # portable: relative to twinkle
 EXPECTED = {"torch": TORCH_IDS, "liger": LIGER_IDS, "compiled": COMPILED_IDS, "triton": TRITON_IDS}
 
 

@@ -148,7 +148,7 @@ def _register_like_the_pool() -> list[str]:
 
 def test_registered_for_cuda_a_cpu_model_keeps_the_original():
     ids = _register_like_the_pool()
-    assert ids == [f"local:{REPO}#RMSNorm", f"local:{REPO}#SiluMulMLP"]
+    assert ids == ["local:twinkle/kernel/pools/triton_kernels#RMSNorm", "local:twinkle/kernel/pools/triton_kernels#SiluMulMLP"]
     model = nn.Sequential(MimicRMSNorm(16), MimicMLP(16, 32))
     x = torch.randn(2, 16)
     expected = model(x)

@@ -208,6 +208,18 @@ class HubSource(Source):
 _RESOLVED: dict[str, str] = {}
 
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the ``twinkle`` package
+
+
+def _portable(repo_path: str) -> str:
+    """``twinkle/kernel/...`` for a path inside this installation of twinkle; any other path unchanged."""
+    try:
+        rel = Path(repo_path).resolve().relative_to(_PACKAGE_ROOT / "twinkle")
+    except (ValueError, OSError):
+        return repo_path
+    return (Path("twinkle") / rel).as_posix()
+
+
 @dataclass(frozen=True, eq=False)
 class LocalSource(Source):
     """A local kernel repo: the Hub layout (``build/<variant>/``) or a folder holding the package ``package_name``."""
@@ -218,8 +230,9 @@ class LocalSource(Source):
 
     @property
     def id(self) -> str:
-        # Two packages of one folder are two sources: the id names the package when one was given.
-        return f"local:{self.repo_path}" + (f"/{self.package_name}" if self.package_name else "")
+        # Two packages of one folder are two sources: the id names the package when one was given. Repos shipped
+        # inside twinkle (the built-in pools') are named relative to it, so ids hold across installations.
+        return f"local:{_portable(self.repo_path)}" + (f"/{self.package_name}" if self.package_name else "")
 
     def _load(self, device: str) -> Any:
         path = Path(self.repo_path)

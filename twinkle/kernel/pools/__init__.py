@@ -224,9 +224,6 @@ def describe_pools() -> list[dict[str, Any]]:
 
 def pools_markdown() -> str:
     """The tables of docs/pools.md, generated from :data:`TARGETS` and :func:`describe_pools`."""
-    import twinkle
-
-    root = str(__import__("pathlib").Path(twinkle.__path__[0]).parent)
     pools = describe_pools()
     lines = ["| pool | device | needs | what |", "|---|---|---|---|"]
     for p in pools:
@@ -240,7 +237,7 @@ def pools_markdown() -> str:
             applies += f"<br>any class named `{t.name}` (ignoring case)"
         cells = []
         for p in pools:
-            ids = list(dict.fromkeys(c["id"].replace(root, "…") for c in p["candidates"] if c["target"] == t.name
+            ids = list(dict.fromkeys(c["id"] for c in p["candidates"] if c["target"] == t.name
                                      or c["target"] in t.paths))
             if not ids and t.name in p["without_targets"]:
                 ids = ["offered, no target"]
