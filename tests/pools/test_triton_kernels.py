@@ -332,6 +332,37 @@ def test_silu_mul_and_silu_and_mul(backend, shape, dtype):
         assert torch.equal(tt.silu_mul(x[..., :d], x[..., d:]), out.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_contiguous_one_dimensional_and_empty_inputs(backend, dtype):
+    tt, device = backend
+    tol = tolerance(dtype, device)
+    w = (1 + 0.2 * torch.randn(64)).to(device, dtype).requires_grad_()
+    # rows not equally spaced (transposed leading dims), and an expanded gradient (from .sum())
+    x = torch.randn(5, 3, 64, device=device, dtype=dtype).transpose(0, 1).requires_grad_()
+    tt.rms_norm(x, w, 1e-6).float().sum().backward()
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    rms_reference(xr, wr, 1e-6).sum().backward()
+    assert rel_err(x.grad, xr.grad) < tol and rel_err(w.grad, wr.grad) < tol
+    g = torch.randn(4, 3, 50, device=device, dtype=dtype).transpose(0, 1).requires_grad_()
+    u = torch.randn(3, 4, 50, device=device, dtype=dtype).requires_grad_()
+    tt.silu_mul(g, u).float().sum().backward()
+    gr, ur = g.detach().double().requires_grad_(), u.detach().double().requires_grad_()
+    (F.silu(gr) * ur).sum().backward()
+    assert rel_err(g.grad, gr.grad) < tol and rel_err(u.grad, ur.grad) < tol
+    h = torch.randn(4, 3, 100, device=device, dtype=dtype).transpose(0, 1).requires_grad_()
+    tt.silu_and_mul(h).float().sum().backward()
+    hr = h.detach().double().requires_grad_()
+    (F.silu(hr[..., :50]) * hr[..., 50:]).sum().backward()
+    assert rel_err(h.grad, hr.grad) < tol
+    # one dimension
+    v = torch.randn(64, device=device, dtype=dtype)
+    assert rel_err(tt.rms_norm(v, w.detach(), 1e-6), rms_reference(v, w.detach(), 1e-6)) < tol
+    # no elements
+    assert tt.rms_norm(torch.empty(0, 64, device=device, dtype=dtype), w, 1e-6).shape == (0, 64)
+    assert tt.silu_mul(v[:0], v[:0]).shape == (0,)
+    assert tt.silu_and_mul(torch.empty(2, 0, 8, device=device, dtype=dtype)).shape == (2, 0, 4)
+
+
 def test_bad_arguments_are_refused(backend):
     tt, device = backend
     x = torch.randn(4, 8, device=device)

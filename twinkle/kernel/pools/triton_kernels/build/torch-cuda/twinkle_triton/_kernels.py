@@ -2,7 +2,8 @@
 
 Every kernel reads and computes in float32 and rounds where eager PyTorch rounds (to the tensors' own dtype), so in
 bf16/fp16 the results match the original modules' op-by-op results up to an occasional last-bit difference, forward
-and backward. The launchers take 2-D row views (contiguous last dim, any row stride) and allocate the outputs.
+and backward. The launchers take tensors as rows (a row count, and the stride between rows, each row contiguous) and
+allocate the contiguous outputs.
 """
 
 from __future__ import annotations
@@ -90,14 +91,18 @@ def rms_norm_config(n_cols: int) -> tuple[int, int, int]:
 
 
 def rms_norm_bwd_config(n_cols: int) -> tuple[int, int, int]:
-    """``(ROWS, programs per SM, num_warps)`` for the backward: the best of a sweep on an H100 (bf16, hidden 1024
-    to 8192: 75-86% of the copy bandwidth for reading dy and x and writing dx)."""
+    """``(ROWS, programs per SM, num_warps)`` for the backward: the best of sweeps on an H100 (bf16, hidden 256 to
+    16384; 75-87% of the copy bandwidth for reading dy and x and writing dx from hidden 1024 up)."""
     block_n = triton.next_power_of_2(n_cols)
-    if block_n <= 2048:
+    if block_n <= 1024:
+        return 4, 4, 4
+    if block_n == 2048:
         return 4, 2, 4
     if block_n == 4096:
         return 4, 2, 8
-    return 1, 2, max(4, min(32, block_n // 2048))
+    if block_n == 8192:
+        return 2, 1, 8
+    return 1, 1, 16 if block_n == 16384 else 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,31 +123,32 @@ def _check_hidden(n_cols: int) -> None:
         raise ValueError(f"twinkle_triton.rms_norm handles a last dimension of at most {MAX_HIDDEN}, got {n_cols}")
 
 
-def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor | None, eps: float, store_rstd: bool,
+def rms_norm_fwd(x: torch.Tensor, x_stride: int, n_rows: int, n_cols: int, weight: torch.Tensor | None,
+                 eps: float, store_rstd: bool, out_shape: tuple[int, ...] | None = None,
                  config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """RMSNorm of the rows of ``x`` (2-D, contiguous last dim); returns the output and, if asked, 1/rms per row."""
-    n_rows, n_cols = x.shape
+    """RMSNorm of ``n_rows`` rows of ``x`` (``x_stride`` elements apart, contiguous within); returns the output
+    (contiguous, of ``out_shape``) and, if asked, 1/rms per row (float32)."""
     _check_hidden(n_cols)
-    out_dtype = x.dtype if weight is None else torch.promote_types(x.dtype, weight.dtype)
-    y = torch.empty((n_rows, n_cols), dtype=out_dtype, device=x.device)
+    out_dtype = (x.dtype if weight is None or weight.dtype == x.dtype
+                 else torch.promote_types(x.dtype, weight.dtype))
+    y = torch.empty(out_shape if out_shape is not None else (n_rows, n_cols), dtype=out_dtype, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device) if store_rstd else None
     if n_rows == 0:
         return y, rstd
     block_n, rows, num_warps = config or rms_norm_config(n_cols)
-    grid = (triton.cdiv(n_rows, rows),)
-    _rms_norm_fwd_kernel[grid](x, weight if weight is not None else x, y, rstd if rstd is not None else y,
-                               n_rows, n_cols, x.stride(0), y.stride(0), float(eps),
-                               HAS_WEIGHT=weight is not None, STORE_RSTD=store_rstd,
-                               ROWS=rows, BLOCK_N=block_n, num_warps=num_warps)
+    _rms_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
+        x, weight if weight is not None else x, y, rstd if rstd is not None else y, n_rows, n_cols, x_stride,
+        n_cols, eps, HAS_WEIGHT=weight is not None, STORE_RSTD=store_rstd, ROWS=rows, BLOCK_N=block_n,
+        num_warps=num_warps)
     return y, rstd
 
 
-def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
+def rms_norm_bwd(dy: torch.Tensor, dy_stride: int, x: torch.Tensor, x_stride: int, n_rows: int, n_cols: int,
+                 weight: torch.Tensor | None, rstd: torch.Tensor, out_shape: tuple[int, ...] | None = None,
                  config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradients of RMSNorm for the 2-D rows ``dy`` (output dtype), ``x``; dweight summed over per-program
-    partial sums."""
-    n_rows, n_cols = x.shape
-    dx = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    """Gradients of RMSNorm: dx (contiguous, of ``out_shape``) and dweight, summed over per-program partial
+    sums. ``dy`` (the output's dtype) and ``x`` are rows as for ``rms_norm_fwd``."""
+    dx = torch.empty(out_shape if out_shape is not None else (n_rows, n_cols), dtype=x.dtype, device=x.device)
     if n_rows == 0:
         return dx, (torch.zeros_like(weight) if weight is not None else None)
     block_n = triton.next_power_of_2(n_cols)
@@ -154,7 +160,7 @@ def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
                else None)
     _rms_norm_bwd_kernel[(programs,)](dy, x, weight if weight is not None else x, rstd, dx,
                                       dw_part if dw_part is not None else dx,
-                                      n_rows, n_cols, dy.stride(0), x.stride(0), dx.stride(0),
+                                      n_rows, n_cols, dy_stride, x_stride, n_cols,
                                       HAS_WEIGHT=weight is not None, ITERS=iters, ROWS=rows, BLOCK_N=block_n,
                                       num_warps=num_warps)
     dw = dw_part.sum(0).to(weight.dtype) if dw_part is not None and weight is not None else None
@@ -198,23 +204,24 @@ def _silu_config(n_cols: int) -> tuple[int, int]:
     return block, max(1, min(8, block // 256))
 
 
-def silu_mul_fwd(g: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = silu(g) * u`` on 2-D row views of equal shape (contiguous last dim, any row strides)."""
-    n_rows, n_cols = g.shape
-    if g.numel() == 0:
+def silu_mul_fwd(g: torch.Tensor, g_stride: int, u: torch.Tensor, u_stride: int, out: torch.Tensor, n_rows: int,
+                 n_cols: int) -> torch.Tensor:
+    """``out = silu(g) * u`` over ``n_rows`` rows of ``n_cols`` (row strides given; ``out`` contiguous)."""
+    if n_rows == 0 or n_cols == 0:
         return out
     block, num_warps = _silu_config(n_cols)
     _silu_mul_fwd_kernel[(n_rows, triton.cdiv(n_cols, block))](
-        g, u, out, n_cols, g.stride(0), u.stride(0), out.stride(0), BLOCK=block, num_warps=num_warps)
+        g, u, out, n_cols, g_stride, u_stride, n_cols, BLOCK=block, num_warps=num_warps)
     return out
 
 
-def silu_mul_bwd(do: torch.Tensor, g: torch.Tensor, u: torch.Tensor, dg: torch.Tensor, du: torch.Tensor) -> None:
-    """Fills ``dg`` and ``du`` (2-D row views) with the gradients of ``silu(g) * u`` for ``do``."""
-    n_rows, n_cols = g.shape
-    if g.numel() == 0:
+def silu_mul_bwd(do: torch.Tensor, do_stride: int, g: torch.Tensor, g_stride: int, u: torch.Tensor, u_stride: int,
+                 dg: torch.Tensor, dg_stride: int, du: torch.Tensor, du_stride: int, n_rows: int,
+                 n_cols: int) -> None:
+    """Fills the rows of ``dg`` and ``du`` with the gradients of ``silu(g) * u`` for ``do``."""
+    if n_rows == 0 or n_cols == 0:
         return
     block, num_warps = _silu_config(n_cols)
     _silu_mul_bwd_kernel[(n_rows, triton.cdiv(n_cols, block))](
-        do, g, u, dg, du, n_cols, do.stride(0), g.stride(0), u.stride(0), dg.stride(0), du.stride(0),
-        BLOCK=block, num_warps=num_warps)
+        do, g, u, dg, du, n_cols, do_stride, g_stride, u_stride, dg_stride, du_stride, BLOCK=block,
+        num_warps=num_warps)

@@ -64,9 +64,13 @@ def check(op: str, *tensors: torch.Tensor | None) -> ModuleType:
     return module
 
 
-def rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as 2-D rows of its last dimension with unit column stride (a view when possible)."""
-    t2 = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
-    if t2.shape[-1] > 1 and t2.stride(-1) != 1:
+def rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``t`` as rows of its last dimension: a tensor whose rows are equally spaced and contiguous (``t`` itself when
+    contiguous, else a 2-D view, else a copy), and the stride between its rows."""
+    n = t.shape[-1]
+    if t.is_contiguous():
+        return t, n
+    t2 = t.reshape(-1, n)
+    if n > 1 and t2.stride(1) != 1:
         t2 = t2.contiguous()
-    return t2
+    return t2, (t2.stride(0) if t2.shape[0] > 1 else n)
