@@ -118,11 +118,26 @@ def _programs(device: torch.device, blocks: int, per_sm: int) -> int:
     return max(1, min(blocks, 4))
 
 
+def _on_the_tensors_device(launcher):
+    """Run ``launcher`` with its first tensor's GPU as the current device (Triton launches on the current one)."""
+
+    @functools.wraps(launcher)
+    def run(t: torch.Tensor, *args, **kwargs):
+        device = t.device
+        if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return launcher(t, *args, **kwargs)
+        return launcher(t, *args, **kwargs)
+
+    return run
+
+
 def _check_hidden(n_cols: int) -> None:
     if n_cols > MAX_HIDDEN:
         raise ValueError(f"twinkle_triton.rms_norm handles a last dimension of at most {MAX_HIDDEN}, got {n_cols}")
 
 
+@_on_the_tensors_device
 def rms_norm_fwd(x: torch.Tensor, x_stride: int, n_rows: int, n_cols: int, weight: torch.Tensor | None,
                  eps: float, store_rstd: bool, out_shape: tuple[int, ...] | None = None,
                  config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,6 +158,7 @@ def rms_norm_fwd(x: torch.Tensor, x_stride: int, n_rows: int, n_cols: int, weigh
     return y, rstd
 
 
+@_on_the_tensors_device
 def rms_norm_bwd(dy: torch.Tensor, dy_stride: int, x: torch.Tensor, x_stride: int, n_rows: int, n_cols: int,
                  weight: torch.Tensor | None, rstd: torch.Tensor, out_shape: tuple[int, ...] | None = None,
                  config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -204,6 +220,7 @@ def _silu_config(n_cols: int) -> tuple[int, int]:
     return block, max(1, min(8, block // 256))
 
 
+@_on_the_tensors_device
 def silu_mul_fwd(g: torch.Tensor, g_stride: int, u: torch.Tensor, u_stride: int, out: torch.Tensor, n_rows: int,
                  n_cols: int) -> torch.Tensor:
     """``out = silu(g) * u`` over ``n_rows`` rows of ``n_cols`` (row strides given; ``out`` contiguous)."""
@@ -215,6 +232,7 @@ def silu_mul_fwd(g: torch.Tensor, g_stride: int, u: torch.Tensor, u_stride: int,
     return out
 
 
+@_on_the_tensors_device
 def silu_mul_bwd(do: torch.Tensor, do_stride: int, g: torch.Tensor, g_stride: int, u: torch.Tensor, u_stride: int,
                  dg: torch.Tensor, dg_stride: int, du: torch.Tensor, du_stride: int, n_rows: int,
                  n_cols: int) -> None:
