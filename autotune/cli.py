@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console = Console(stderr=False)
     err = Console(stderr=True)
+    from .distributed import launched_rank
+
+    if launched_rank() != 0:  # under torchrun & co.: one measurement, on rank 0 (see docs/distributed.md)
+        err.print(f"twinkle-tune: rank {launched_rank()} does not tune; rank 0 tunes and writes the profile",
+                  highlight=False, soft_wrap=True)
+        return 0
     handler = RichHandler(console=err, show_time=False, show_path=False)
     for name in ("twinkle.kernel", "twinkle.autotune"):
         log = logging.getLogger(name)
