@@ -4,7 +4,8 @@
 #   tests    the pools' and Triton kernels' GPU tests, the roofline micro-benchmark, the compile check
 #   tune     twinkle-tune the TinyLlama-shaped Llama (inference; train with --objective both), timed
 #   stacks   eager / all-Liger / all-torch-pool / tuned / torch.compile stacks, one process each
-#   repeat   two more tunings of each mode, and whether the winners repeat
+#   repeat   two more tunings of each mode, and whether the per-target winners repeat (REPEAT_TRAIN_TRIALS=0
+#            skips the end-to-end search in the train repeats, which does not change per-target picks)
 # Everything lands in profiles/ and reports/; with $OUT set, logs and a tarball of both are copied there.
 set -uo pipefail
 if [ -d .whl ]; then
@@ -48,7 +49,7 @@ for stage in $STAGES; do
     repeat)
       for i in 2 3; do
         tune "repeat/hf_tinyllama-cuda-$i"
-        tune "repeat/hf_tinyllama-cuda-train-$i" --mode train --objective both
+        tune "repeat/hf_tinyllama-cuda-train-$i" --mode train --objective both --trials "${REPEAT_TRAIN_TRIALS:-20}"
       done
       for m in cuda cuda-train; do
         python3 benchmarks/tuning_repeatability.py "profiles/hf_tinyllama-$m.json" \
