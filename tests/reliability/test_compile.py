@@ -215,3 +215,79 @@ def test_a_compiled_model_follows_kernelize_and_unkernelize(backend: str) -> Non
             torch.testing.assert_close(compiled(*inputs), original, atol=ATOL, rtol=RTOL)
         finally:
             dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks/compile_check.py
+
+SCRIPT = ROOT / "benchmarks" / "compile_check.py"
+
+
+def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("compile_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compile_check", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compile_check_smoke_on_the_cpu(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--backend", "aot_eager", "--json",
+                           str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ok"]
+    checked = [r for r in result["rows"] if not r["informational"]]
+    assert {r["model"] for r in checked} >= {"tiny_llama"}
+    for row in checked:
+        assert row["applied"] and row["breaks_plain"] == row["breaks_kernelized"] == 0, row
+        assert row["compiled"] == "ok", row
+
+
+def test_compile_check_without_cuda_says_so_and_succeeds() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: the script would run the real check")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "CUDA is not available" in proc.stdout, proc.stdout + proc.stderr
+
+
+class BreakingRMSNorm(nn.Module):
+    """Claims can_torch_compile=True but forces a graph break: what compile_check must catch."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dynamo.graph_break()
+        return builtin.rms_norm(hidden_states, self.weight, self.eps)
+
+
+def test_compile_check_fails_a_kernel_that_adds_graph_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import time
+
+    script = load_script(monkeypatch)
+
+    def build(device: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        mod = tiny_llama_module()
+        register_layer_kernel("rmsnorm", layer_impl=BreakingRMSNorm)
+        return mod.build_model().to(device), mod.example_inputs()
+
+    args = argparse.Namespace(device="cpu", backend="eager", verbose=False)
+    row = script.check("tiny_llama", "breaking", build, (), "compile", "compile", args, time.monotonic() + 60)
+    assert row.applied and row.breaks_plain == 0 and row.breaks_kernelized > 0, row
+    assert row.failed
+    ok = script.check("tiny_llama", "example", script.tiny_llama, (), "compile", "compile", args,
+                      time.monotonic() + 60)
+    assert ok.applied and not ok.failed and ok.compiled == "ok", ok
