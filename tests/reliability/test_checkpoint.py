@@ -130,3 +130,33 @@ def test_load_state_dict_with_assign_keeps_the_kernel_on_the_new_parameters(case
     kernelize(target)
     target.load_state_dict(snapshot(source), assign=True)
     assert torch.equal(forward(target, inputs), want)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_copies_and_whole_model_pickles_of_a_kernelized_model_keep_its_weights_and_results(case: str,
+                                                                                          tmp_path: Path) -> None:
+    """``copy.deepcopy`` keeps the kernel, bound to the copy's own modules; a whole-model ``torch.save`` keeps the
+    weights (its layers run the original forward once loaded: a pickled bound method is looked up again)."""
+    import copy
+
+    model, inputs = build(case, seed=1)
+    plain_out = forward(model, inputs)
+    kernelize(model)
+    want = forward(model, inputs)
+
+    clone = copy.deepcopy(model)
+    assert_identical(snapshot(clone), snapshot(model))
+    for (name, mod), (_, cmod) in zip(model.named_modules(), clone.named_modules()):
+        bound = vars(cmod).get("forward")
+        if "forward" in vars(mod):
+            assert bound is not None and bound.__self__ is cmod, name  # never the original module's forward
+            assert bound.__func__ is vars(mod)["forward"].__func__, name
+    assert torch.equal(forward(clone, inputs), want)
+
+    torch.save(model, tmp_path / "whole.pt")
+    loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+    assert_identical(snapshot(loaded), snapshot(model))
+    for cmod in loaded.modules():
+        bound = vars(cmod).get("forward")
+        assert bound is None or bound.__self__ is cmod
+    torch.testing.assert_close(forward(loaded, inputs), plain_out, atol=1e-4, rtol=1e-4)
