@@ -35,7 +35,11 @@ def _group() -> tuple[Any, int] | None:
 
 
 def launched_rank() -> int:
-    """This process's rank as a launcher such as torchrun set it in the environment (0 when not launched so)."""
+    """This process's rank: that of the initialised process group, else the ``RANK`` a launcher such as torchrun
+    set in the environment (with ``WORLD_SIZE``), else 0."""
+    group = _group()
+    if group is not None:
+        return int(group[1])
     try:
         return int(os.environ.get("RANK", "0"))
     except ValueError:

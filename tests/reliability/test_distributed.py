@@ -88,3 +88,206 @@ def test_the_cli_tunes_on_rank_0_only(tmp_path, monkeypatch):
     assert main([str(ROOT / "examples" / "tiny_llama" / "model.py"), "--device", "cpu", "--profile", str(profile),
                  "--report-dir", str(tmp_path / "r")]) == 0
     assert not profile.exists()
+
+
+# ------------------------------------------------------------------------------------------------ in-process runs
+# Two processes started with torch.multiprocessing.spawn (gloo, a free port), each running several scenarios and
+# writing what it saw to rank<N>.json; the tests below compare the two ranks and the variants. The workers are
+# module-level functions of this file, so the spawned processes import them from here.
+
+STEPS = 4
+
+
+def spawn(tmp_path: Path, scenario: str) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), scenario), nprocs=2, join=True)
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def _worker(rank: int, world: int, port: int, out: str, scenario: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = {"train": _train_scenarios, "tune": _tune_scenarios}[scenario](rank, world, Path(out))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _example():
+    from autotune.model_file import load_model_file
+
+    return load_model_file(ROOT / "examples" / "tiny_llama" / "model.py").module  # registers its candidates
+
+
+def _choices(model) -> list[list]:
+    """What kernelize decided, per entry: enough to tell whether two ranks made the same choices."""
+    from twinkle.kernel import kernel_report
+
+    return [[e.kind, e.target, e.status, e.candidate, e.module_class, e.where] for e in kernel_report(model).entries]
+
+
+def _train(example, wrap: str, variant: str, profile, batches, world: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    from twinkle.kernel import kernelize_model, unkernelize
+
+    model = example.build_model().train()  # seeded: the same weights on every rank and in every variant
+    if variant == "kernelized":
+        kernelize_model(model, mode="train", device="cpu", use_fallback=False)
+    elif variant == "profile":
+        kernelize_model(model, mode="train", device="cpu", profile=profile, use_fallback=False)
+    if wrap == "ddp":
+        wrapped = DistributedDataParallel(model)
+        opt = torch.optim.SGD(wrapped.parameters(), lr=0.05, momentum=0.9)
+    else:
+        for block in model.blocks:
+            fully_shard(block)
+        wrapped = fully_shard(model)
+        opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-3)
+    if variant == "kernelized after wrapping":
+        kernelize_model(wrapped, mode="train", device="cpu", use_fallback=False)
+    # kernel_report of the object kernelize_model was given (a DDP wrapper does not report its inner module's)
+    choices = _choices(wrapped if variant == "kernelized after wrapping" else model)
+    losses = []
+    for ids in batches:
+        logits = wrapped(ids)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        losses.append(mean.item() / world)
+    unkernelize(model)  # function kernels are process-wide: the next variant starts from the originals
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, choices)
+    return {"losses": losses, "choices": choices, "choices_per_rank": gathered}
+
+
+def _train_scenarios(rank: int, world: int, out: Path) -> dict:
+    import torch
+
+    from autotune.distributed import load_shared_profile
+    from twinkle.kernel.profile import write_json_atomic
+
+    example = _example()
+    # Only rank 0 has the profile file (as without a shared filesystem); rank 1 gets its text from rank 0.
+    path = out / "rank0-only" / "profile.json"
+    if rank == 0:
+        profile = json.loads(every_builtin(out / "template.json").read_text())
+        write_json_atomic(path, profile)
+    profile = load_shared_profile(path if rank == 0 else out / "rank1-has-no-such-file.json")
+    gen = torch.Generator().manual_seed(100 + rank)  # each rank its own batches, the same for every variant
+    batches = [torch.randint(0, example.VOCAB, (2, 32), generator=gen) for _ in range(STEPS)]
+    result = {}
+    for wrap in ("ddp", "fsdp"):
+        for variant in ("original", "kernelized", "profile", "kernelized after wrapping"):
+            result[f"{wrap}/{variant}"] = _train(example, wrap, variant, profile, batches, world)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> list[dict]:
+    return spawn(tmp_path_factory.mktemp("spawn-train"), "train")
+
+
+KERNELS = {"impl:twinkle.kernel.builtin.RMSNorm", "impl:twinkle.kernel.builtin.silu_and_mul",
+           "impl:twinkle.kernel.builtin.apply_rotary"}
+
+
+@pytest.mark.parametrize("variant", ["kernelized", "profile", "kernelized after wrapping"])
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp"])
+def test_kernelized_models_train_like_the_original_with_the_same_kernels_on_every_rank(trained, wrap, variant):
+    import torch
+
+    original, run = trained[0][f"{wrap}/original"], trained[0][f"{wrap}/{variant}"]
+    for rank_result in trained:  # both ranks saw the same (all-reduced) losses
+        assert rank_result[f"{wrap}/{variant}"]["losses"] == run["losses"]
+    assert len(run["losses"]) == STEPS and original["losses"][0] != original["losses"][-1]  # it trained
+    torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(original["losses"]))  # float32 tolerances
+
+    per_rank = run["choices_per_rank"]
+    assert per_rank[0] == per_rank[1], "the ranks applied different kernels"
+    assert per_rank[0] == trained[1][f"{wrap}/{variant}"]["choices"]
+    applied = {c[3] for c in per_rank[0] if c[2] == "applied"}
+    assert applied == KERNELS, per_rank[0]
+    assert not {c[3] for c in original["choices"] if c[2] == "applied"}  # the original ran no kernel
+
+
+def test_the_profile_reaches_a_rank_without_the_file(trained):
+    # rank 1's own path did not exist, yet it applied the profile's three winners, like rank 0
+    assert trained[0]["fsdp/profile"]["choices"] == trained[1]["fsdp/profile"]["choices"]
+    assert {c[3] for c in trained[1]["ddp/profile"]["choices"] if c[2] == "applied"} == KERNELS
+
+
+def _tune_scenarios(rank: int, world: int, out: Path) -> dict:
+    import torch.nn as nn
+
+    from autotune import TimerSettings, TuneError, TuneSettings
+    from autotune.cli import main as cli_main
+    from autotune.distributed import load_shared_profile, tune_on_rank0
+    from twinkle.kernel import kernelize_model, unkernelize
+
+    example = _example()
+    model, inputs = example.build_model(), example.example_inputs()
+    fast = TimerSettings(warmup=1, batch=3, min_samples=6, max_samples=12, max_seconds=0.2)
+    settings = TuneSettings(device="cpu", mode="train", trials=0, timer=fast)
+    result: dict = {}
+    # Each rank names its own path; only rank 0's is written.
+    profile = tune_on_rank0(model, inputs, settings, out / f"rank{rank}" / "tuned.json", model_name="tiny_llama")
+    result["profile"] = profile
+    kernelize_model(model, mode="train", device="cpu", profile=profile, use_fallback=False)
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, _choices(model))
+    result["choices_per_rank"] = gathered
+    unkernelize(model)
+
+    for name, call in (("tune fails", lambda: tune_on_rank0(nn.Linear(4, 4), (torch_randn(4),), settings)),
+                       ("no profile", lambda: load_shared_profile(out / "missing.json"))):
+        try:
+            call()
+            result[name] = None
+        except TuneError as exc:  # raised on every rank, not only on rank 0
+            result[name] = str(exc)
+
+    if rank == 1:  # the CLI in an initialised process group, without RANK in the environment: it does not tune
+        os.environ.pop("RANK", None)
+        code = cli_main([str(ROOT / "examples" / "tiny_llama" / "model.py"), "--device", "cpu", "--quiet",
+                         "--profile", str(out / "cli.json"), "--report-dir", str(out / "cli-reports")])
+        result["cli"] = {"code": code, "wrote": (out / "cli.json").exists()}
+    return result
+
+
+def torch_randn(*shape: int):
+    import torch
+
+    return torch.randn(*shape)
+
+
+def test_tune_on_rank0_tunes_once_and_every_rank_applies_the_same_profile(tmp_path):
+    ranks = spawn(tmp_path, "tune")
+
+    written = json.loads((tmp_path / "rank0" / "tuned.json").read_text())
+    assert not (tmp_path / "rank1").exists()  # rank 1 wrote nothing: it received the profile
+    assert ranks[0]["profile"] == ranks[1]["profile"] == written
+    assert written["mode"] == "train" and written["device"] == "cpu"
+    assert {t["name"] for t in written["targets"]} == {"rmsnorm", "model.silu_and_mul", "model.apply_rotary"}
+    per_rank = ranks[0]["choices_per_rank"]
+    assert per_rank[0] == per_rank[1] == ranks[1]["choices_per_rank"][1]
+    winners = {t["winner"] for t in written["targets"] if t["winner"]}
+    assert {c[3] for c in per_rank[0] if c[2] == "applied"} == winners  # exactly the profile's winners
+
+    for rank in ranks:  # a failure on rank 0 reaches every rank as TuneError
+        assert "tuning on rank 0 failed" in rank["tune fails"] and "candidate" in rank["tune fails"]
+        assert "missing.json" in rank["no profile"]
+    assert ranks[1]["cli"] == {"code": 0, "wrote": False}
