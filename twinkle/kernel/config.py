@@ -39,7 +39,9 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
     pools = _pools_entry(config.get("pools"), origin)
     candidates: list[Candidate] = []
     for section, keys in (("layers", _LAYER_KEYS), ("functions", _FUNCTION_KEYS)):
-        entries = config.get(section) or {}
+        entries = config.get(section)
+        if entries is None:  # an empty YAML section
+            entries = {}
         if not isinstance(entries, dict):
             raise TypeError(f"{origin}: '{section}' must map names to settings, got {type(entries).__name__}")
         for name, spec in entries.items():
@@ -50,21 +52,34 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
             if unknown:
                 raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                                  f"allowed: {', '.join(sorted(keys))}")
-            spec = dict(spec)
-            if isinstance(spec.get("repo"), str):
-                repo = import_string(spec["repo"], f"{where}.repo")
-                spec["repo"] = repo() if isinstance(repo, type) else repo
-            if section == "layers":
-                candidates.append(layer_candidate(name, **spec))
-            else:
-                if "target_module" not in spec:
-                    raise ValueError(f"{where}: target_module is required (the module whose function is patched)")
-                func_name = spec.pop("func_name", name)
-                target_module = spec.pop("target_module")
-                candidates.append(function_candidate(func_name, target_module, **spec))
+            try:
+                candidates.append(_candidate(section, name, dict(spec), where))
+            except TypeError as exc:  # every message names the entry, whatever was wrong in it
+                raise TypeError(f"{where}: {exc}") from exc
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
     ids = use_pools(*pools) if pools else []
     REGISTRY.add(candidates)
     return ids + [c.id for c in candidates]
+
+
+def _candidate(section: str, name: Any, spec: dict[str, Any], where: str) -> Candidate:
+    if isinstance(spec.get("repo"), str):
+        repo = import_string(spec["repo"], "repo")
+        if isinstance(repo, type):
+            try:
+                repo = repo()
+            except Exception as exc:
+                raise ValueError(f"repo={spec['repo']!r} cannot be instantiated ({type(exc).__name__}: {exc})") \
+                    from exc
+        spec["repo"] = repo
+    if section == "layers":
+        return layer_candidate(name, **spec)
+    if "target_module" not in spec:
+        raise ValueError("target_module is required (the module whose function is patched)")
+    func_name = spec.pop("func_name", name)
+    target_module = spec.pop("target_module")
+    return function_candidate(func_name, target_module, **spec)
 
 
 def _pools_entry(pools: Any, origin: str) -> list[str]:

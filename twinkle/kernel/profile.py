@@ -6,6 +6,7 @@ Written by the autotuner (schema-versioned, atomically); read by ``kernelize_mod
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -43,6 +44,32 @@ class Profile:
         return [c for c in self.choices if c.kind == kind and c.name == name]
 
 
+class ProfileNotFoundError(FileNotFoundError, ValueError):
+    """A profile file that does not exist: bad input (ValueError), and still the FileNotFoundError callers expect."""
+
+
+_FIGURES = ("median_ms", "spread", "speedup")
+
+
+def _bad_figure(value: Any) -> bool:
+    """A measured figure must be a number (not NaN) or null."""
+    if value is None:
+        return False
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+
+
+def _check_figures(row: Any, where: str, bad: Callable[[str], ValueError]) -> None:
+    if not isinstance(row, dict):
+        raise bad(f"{where} must be an object")
+    for key in _FIGURES:
+        if _bad_figure(row.get(key)):
+            raise bad(f"{where}: '{key}' must be a number or null, got {row.get(key)!r}")
+    ci = row.get("speedup_ci")
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and not any(map(_bad_figure, ci))
+                               and None not in ci):
+        raise bad(f"{where}: 'speedup_ci' must be [low, high] or null, got {ci!r}")
+
+
 def load_profile(profile: str | os.PathLike[str] | dict[str, Any]) -> Profile:
     """Read and validate a profile. Missing file -> FileNotFoundError; anything malformed -> ValueError naming it."""
     if isinstance(profile, dict):
@@ -51,10 +78,10 @@ def load_profile(profile: str | os.PathLike[str] | dict[str, Any]) -> Profile:
         raise TypeError(f"profile must be a path or a dict, got {type(profile).__name__}")
     path = Path(profile)
     if not path.is_file():
-        raise FileNotFoundError(f"profile {path} does not exist; run `twinkle-tune` to create it")
+        raise ProfileNotFoundError(f"profile {path} does not exist; run `twinkle-tune` to create it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"profile {path} is not valid JSON: {exc}") from exc
     return _parse(data, str(path))
 
@@ -67,7 +94,7 @@ def _parse(data: Any, origin: str) -> Profile:
         raise bad("the top level must be a JSON object")
     if data.get("schema") != SCHEMA:
         raise bad(f"'schema' must be {SCHEMA!r}, got {data.get('schema')!r}: not a twinkle-kernel profile")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if type(data.get("schema_version")) is not int or data.get("schema_version") != SCHEMA_VERSION:
         raise bad(f"unknown schema_version {data.get('schema_version')!r}; this twinkle-kernel reads version "
                   f"{SCHEMA_VERSION}: re-run twinkle-tune")
     if data.get("mode") not in MODES:
@@ -89,8 +116,16 @@ def _parse(data: Any, origin: str) -> Profile:
         winner = t.get("winner")
         if winner is not None and not isinstance(winner, str):
             raise bad(f"targets[{i}] ({t['name']}): 'winner' must be a candidate id or null")
-        if not isinstance(t.get("candidates", []), list):
+        candidates = t.get("candidates", [])
+        if not isinstance(candidates, list):
             raise bad(f"targets[{i}] ({t['name']}): 'candidates' must be a list")
+        for j, row in enumerate(candidates):
+            _check_figures(row, f"targets[{i}] ({t['name']}): candidates[{j}]", bad)
+            if not isinstance(row.get("id"), str):
+                raise bad(f"targets[{i}] ({t['name']}): candidates[{j}]: 'id' must be a candidate id (a string), "
+                          f"got {row.get('id')!r}")
+        if t.get("fallback") is not None:
+            _check_figures(t["fallback"], f"targets[{i}] ({t['name']}): fallback", bad)
         modules = t.get("modules")
         if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
             raise bad(f"targets[{i}] ({t['name']}): 'modules' must be a list of module paths")

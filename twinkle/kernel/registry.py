@@ -147,8 +147,10 @@ def _hub_or_local(where: str, repo_id: Any, repo_path: Any, version: Any, revisi
             logger.warning("%s: %s has no version= or revision=; using revision='main', which is unpinned and may "
                            "change under you", where, repo_id)
             revision = "main"
-        if not isinstance(trust_remote_code, (bool, list)):
-            raise TypeError(f"{where}: trust_remote_code must be a bool or a list of repo ids")
+        if not isinstance(trust_remote_code, (bool, list)) or (
+                isinstance(trust_remote_code, list) and not all(isinstance(r, str) for r in trust_remote_code)):
+            raise TypeError(f"{where}: trust_remote_code must be a bool or a list of repo ids, "
+                            f"got {trust_remote_code!r}")
         return HubSource(repo_id=repo_id, version=version, revision=revision,
                          trust_remote_code=trust_remote_code)
     import os
@@ -240,6 +242,9 @@ def _layer_targets(targets: Any, where: str) -> tuple[Any, ...]:
         return ()
     if isinstance(targets, (str, type)):
         targets = [targets]
+    if not isinstance(targets, (list, tuple)):
+        raise TypeError(f"{where}: targets must be a class, a dotted class path or a list of them, "
+                        f"got {type(targets).__name__}")
     out = []
     for t in targets:
         if isinstance(t, type):
