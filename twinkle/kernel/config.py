@@ -17,14 +17,18 @@ _FUNCTION_KEYS = {"target_module", "func_name", "func_impl", "repo", "repo_id", 
                   "version", "revision", "device", "mode", "trust_remote_code"}
 
 
-def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[str]:
+_IMPORTED_FIELDS = ("func_impl", "layer_impl", "repo")  # "pkg.mod:attr" strings here import code
+
+
+def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_imports: bool = True) -> list[str]:
     """Register every layer and function kernel in ``config`` at once; return their candidate ids.
 
     ``config`` is ``{"layers": {kernel_name: {...}}, "functions": {name: {...}}, "pools": [...]}`` or a path to such
     a YAML or JSON file. Callables (func_impl, layer_impl, repo) may be ``"pkg.mod:attr"`` strings. ``pools`` names
     built-in pools (``[torch, liger]``, or ``all``), registered as ``use_pools`` does, before the config's own
     kernels (which are therefore tried first). Everything is validated before anything is registered; the caller's
-    dict is never changed.
+    dict is never changed. With ``allow_imports=False`` (configs from elsewhere) every ``"pkg.mod:attr"`` string is
+    refused with a ValueError naming its field, before anything is imported or registered.
     """
     origin = "config"
     if isinstance(config, (str, os.PathLike)):
@@ -37,6 +41,8 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
         raise ValueError(f"{origin}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                          "the top level takes 'layers', 'functions' and 'pools'")
     pools = _pools_entry(config.get("pools"), origin)
+    if not allow_imports:
+        _refuse_imports(config, origin)
     candidates: list[Candidate] = []
     for section, keys in (("layers", _LAYER_KEYS), ("functions", _FUNCTION_KEYS)):
         entries = config.get(section)
@@ -61,6 +67,22 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str]) -> list[st
     ids = use_pools(*pools) if pools else []
     REGISTRY.add(candidates)
     return ids + [c.id for c in candidates]
+
+
+def _refuse_imports(config: dict[str, Any], origin: str) -> None:
+    """With allow_imports=False: a ValueError for the first field holding an import string (nothing imported)."""
+    for section in ("layers", "functions"):
+        entries = config.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, spec in entries.items():
+            if not isinstance(spec, dict):
+                continue
+            for key in _IMPORTED_FIELDS:
+                if isinstance(spec.get(key), str):
+                    raise ValueError(f"{origin}: {section}.{name}.{key}={spec[key]!r} would import code, and "
+                                     "allow_imports=False refuses it; pass the object itself, or allow_imports=True "
+                                     "for a config you trust")
 
 
 def _candidate(section: str, name: Any, spec: dict[str, Any], where: str) -> Candidate:
