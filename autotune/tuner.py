@@ -185,6 +185,8 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         with time_limit(s.time_limit_s):
             ref_step = Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
+            # What the original leaves in its inputs: a candidate must leave the same (most change nothing).
+            inputs_after = clone_inputs((ref_step.args, ref_step.kwargs))
         if not is_train(mode):
             buffers = list(site.module.buffers()) if site.module is not None else []
             fallback.bytes = call_bytes(site.args, site.kwargs, expected, params, buffers)
@@ -210,6 +212,11 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 cand_step = Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode, params,
                                   s.seed)
                 m.comparison = compare(expected, cand_step.result(), tol)
+            if m.comparison.matches:  # right outputs, but the caller's tensors changed in place: not a stand-in
+                moved = compare(inputs_after, (cand_step.args, cand_step.kwargs), tol, "inputs after the call")
+                if not moved.matches:
+                    m.comparison = Comparison(False, moved.max_abs_err,
+                                              f"it changes its inputs unlike the original: {moved.detail}")
             steps[cand.id] = Contender(cand_step)
         except Exception as exc:
             m.error = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,400 @@
+"""Tuner faults: candidates that raise (at once, or only once timing has started), return the wrong shape, dtype or
+structure, return NaN or Inf, break their gradients, or hang (at once, or only once timing has started) are marked
+in the profile entry and the saved report with the reason, never win, and tuning finishes with every other
+candidate measured. The tuner leaves no timer signal armed behind it.
+
+The package ``faulty_pkg`` is written to a temporary folder: its originals sleep, so the one good candidate wins
+clearly, and no test asserts a speed figure.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from autotune import TimerSettings, TuneSettings, autotune
+from autotune.report import save_reports
+from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel
+from twinkle.kernel.function import register_function_kernel
+from twinkle.kernel.profile import load_profile, write_json_atomic
+
+COUNTS: Counter[str] = Counter()  # faults injected, runs, checks: printed when the module ends
+LIMIT_S = 0.75  # the per-candidate time limit of these runs; the hanging candidates sleep far longer
+
+FILES = {
+    "__init__.py": "",
+    "ops.py": '''
+        import time
+
+        def scale(x):  # the original: slow and right
+            time.sleep(0.003)
+            return x * 2
+    ''',
+    "cands.py": '''
+        import time
+
+        import torch
+        import torch.nn as nn
+
+        CALLS = {}
+
+        def _count(name):
+            CALLS[name] = CALLS.get(name, 0) + 1
+            return CALLS[name]
+
+        def scale_fast(x):
+            return x * 2
+
+        def scale_raises(x):
+            raise RuntimeError("boom in candidate")
+
+        def scale_raises_later(x):  # right on the first call (the check), raises while being timed
+            if _count("raises_later") > 1:
+                raise RuntimeError("boom while timed")
+            return x * 2
+
+        def scale_wrong_shape(x):
+            return (x * 2).unsqueeze(0)
+
+        def scale_wrong_dtype(x):
+            return (x * 2).double()
+
+        def scale_nan(x):
+            return x * 2 + float("nan")
+
+        def scale_inf(x):
+            return x * 2 + float("inf")
+
+        def scale_none(x):
+            return None
+
+        def scale_tuple(x):
+            return (x * 2,)
+
+        def scale_hangs(x):
+            time.sleep(60)
+            return x * 2
+
+        def scale_hangs_later(x):  # right on the first call (the check), hangs while being timed
+            if _count("hangs_later") > 1:
+                time.sleep(60)
+            return x * 2
+
+        def scale_in_place(x):  # the right values, but it doubles its caller's tensor too
+            return x.mul_(2)
+
+        def scale_busy_loop(x):  # a hang that never calls into anything interruptible but the interpreter
+            while True:
+                pass
+
+        class BrokenRepo:
+            def load(self):
+                raise OSError("repo unreadable")
+
+        class FastNorm(nn.Module):
+            def forward(self, x):
+                return x * self.weight
+
+        class RaisingNorm(nn.Module):
+            def forward(self, x):
+                raise ValueError("norm kernel exploded")
+
+        class ShapeNorm(nn.Module):
+            def forward(self, x):
+                return (x * self.weight).sum(-1)
+
+        class NanNorm(nn.Module):
+            def forward(self, x):
+                return x * self.weight * float("nan")
+
+        class HangNorm(nn.Module):
+            def forward(self, x):
+                time.sleep(60)
+                return x * self.weight
+
+        class _BackwardRaises(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, w):
+                ctx.save_for_backward(x, w)
+                return x * w
+
+            @staticmethod
+            def backward(ctx, g):
+                raise RuntimeError("backward exploded")
+
+        class _NanGrad(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, w):
+                ctx.save_for_backward(x, w)
+                return x * w
+
+            @staticmethod
+            def backward(ctx, g):
+                x, w = ctx.saved_tensors
+                return g * w * float("nan"), (g * x).sum_to_size(w.shape)
+
+        class _BackwardHangs(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, w):
+                ctx.save_for_backward(x, w)
+                return x * w
+
+            @staticmethod
+            def backward(ctx, g):
+                time.sleep(60)
+                x, w = ctx.saved_tensors
+                return g * w, (g * x).sum_to_size(w.shape)
+
+        class DetachedNorm(nn.Module):  # right forward values, but no gradient flows through it
+            def forward(self, x):
+                return (x * self.weight).detach()
+
+        class BackwardRaisesNorm(nn.Module):
+            def forward(self, x):
+                return _BackwardRaises.apply(x, self.weight)
+
+        class NanGradNorm(nn.Module):
+            def forward(self, x):
+                return _NanGrad.apply(x, self.weight)
+
+        class BackwardHangsNorm(nn.Module):
+            def forward(self, x):
+                return _BackwardHangs.apply(x, self.weight)
+    ''',
+    "model.py": '''
+        import time
+
+        import torch
+        import torch.nn as nn
+
+        from faulty_pkg import ops
+
+        class SlowNorm(nn.Module):
+            def __init__(self, dim):
+                super().__init__()
+                self.weight = nn.Parameter(torch.linspace(0.5, 1.5, dim))
+
+            def forward(self, x):
+                time.sleep(0.003)
+                return x * self.weight
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.norm = SlowNorm(8)
+                self.lin = nn.Linear(8, 8)
+
+            def forward(self, x):
+                return ops.scale(self.lin(self.norm(x)))
+
+        def example():
+            return (torch.randn(2, 8, generator=torch.Generator().manual_seed(0)),)
+    ''',
+}
+
+SCALE = "faulty_pkg.ops.scale"
+
+
+@pytest.fixture
+def faulty_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    site = tmp_path / "site"
+    (site / "faulty_pkg").mkdir(parents=True)
+    for name, text in FILES.items():
+        (site / "faulty_pkg" / name).write_text(textwrap.dedent(text).lstrip())
+    monkeypatch.syspath_prepend(str(site))
+    for name in [n for n in sys.modules if n == "faulty_pkg" or n.startswith("faulty_pkg.")]:
+        del sys.modules[name]
+    import faulty_pkg.cands
+    import faulty_pkg.model
+    import faulty_pkg.ops  # noqa: F401
+
+    return sys.modules["faulty_pkg"]
+
+
+@pytest.fixture
+def settings() -> TuneSettings:
+    timer = TimerSettings(warmup=1, batch=3, min_samples=6, max_samples=12, max_seconds=0.2)
+    return TuneSettings(device="cpu", trials=2, seed=0, timer=timer, time_limit_s=LIMIT_S)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _figures(request: pytest.FixtureRequest):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    line = (f"tuner faults: {COUNTS['faults']} faults injected into {COUNTS['runs']} tuning runs "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(COUNTS.items()) if k.startswith('fault:'))}); "
+            f"{COUNTS['marked']} marked with their reason in the profile and the report, none won; "
+            f"{COUNTS['measured']} good candidates still measured and chosen; "
+            f"{COUNTS['alarm_checks']} checks that no timer signal was left armed")
+    if reporter is not None:
+        reporter.write_line(line)
+    else:  # pragma: no cover - without the terminal reporter (-p no:terminal)
+        print(line)
+
+
+def tune(net: torch.nn.Module, inputs: tuple[Any, ...], settings: TuneSettings, faults: dict[str, str]
+         ) -> dict[str, Any]:
+    """Tune with ``faults`` (candidate id -> fault) registered; check the timer signal is left as it was."""
+    handler = signal.getsignal(signal.SIGALRM)
+    profile = autotune(net, inputs, settings, model_name="faulty")
+    assert signal.getsignal(signal.SIGALRM) == handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    COUNTS["alarm_checks"] += 1
+    COUNTS["runs"] += 1
+    COUNTS["faults"] += len(faults)
+    for fault in faults.values():
+        COUNTS[f"fault:{fault}"] += 1
+    return profile
+
+
+def entry_of(profile: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in profile["targets"] if t["name"] == name)
+
+
+def row_of(entry: dict[str, Any], cand_id: str) -> dict[str, Any]:
+    return next(c for c in entry["candidates"] if c["id"] == cand_id)
+
+
+# The evidence each fault leaves in its candidate row: ("error" | "mismatch", words of the reason).
+EVIDENCE = {
+    "raises": ("error", "RuntimeError: boom in candidate"),
+    "raises while timed": ("error", "RuntimeError: boom while timed"),
+    "wrong shape": ("mismatch", "shape (1, 2, 8) != (2, 8)"),
+    "wrong dtype": ("mismatch", "dtype torch.float64 != torch.float32"),
+    "NaN": ("mismatch", "NaN/Inf where the original has none"),
+    "Inf": ("mismatch", "NaN/Inf where the original has none"),
+    "None": ("mismatch", "NoneType where the original gives Tensor"),
+    "tuple": ("mismatch", "tuple where the original gives Tensor"),
+    "hangs": ("error", "time limit"),
+    "hangs while timed": ("error", "time limit"),
+    "busy loop": ("error", "time limit"),
+    "mutates its input": ("mismatch", "inputs after the call"),
+    "load fails": ("error", "repo unreadable"),
+    "layer raises": ("error", "ValueError: norm kernel exploded"),
+    "layer wrong shape": ("mismatch", "shape (2,) != (2, 8)"),
+    "layer NaN": ("mismatch", "NaN/Inf where the original has none"),
+    "layer hangs": ("error", "time limit"),
+    "backward raises": ("error", "backward exploded"),
+    "NaN gradient": ("mismatch", "grads"),
+    "backward hangs": ("error", "time limit"),
+    "detached output": ("mismatch", "where the original gives Tensor"),
+}
+
+
+def check_marked(profile: dict[str, Any], entry: dict[str, Any], faults: dict[str, str], tmp_path: Path) -> None:
+    """Every faulty candidate is marked in its row and in the saved report, with its reason, and did not win."""
+    report = "\n".join(p.read_text(encoding="utf-8") for p in save_reports(profile, tmp_path / "report")
+                       if p.suffix in (".md", ".csv"))
+    for cand_id, fault in faults.items():
+        row = row_of(entry, cand_id)
+        where, words = EVIDENCE[fault]
+        if where == "error":
+            assert row["error"] and words in row["error"], (fault, row)
+            assert row["median_ms"] is None and row["speedup"] is None
+        else:
+            assert row["error"] is None and row["matches"] is False, (fault, row)
+            assert words in row["mismatch"], (fault, row["mismatch"])
+        assert not (row["matches"] and row["error"] is None)  # so the search never tries it either
+        assert entry["winner"] != cand_id
+        assert cand_id in report and words.split(":")[0] in report, (fault, cand_id)
+        COUNTS["marked"] += 1
+    for trial in profile["end_to_end"].get("trials", []):
+        assert not set(trial["choices"].values()) & set(faults), trial
+
+
+def check_good_measured_and_applied(profile: dict[str, Any], entry: dict[str, Any], good: str, net: Any,
+                                    tmp_path: Path) -> None:
+    """The good candidate was measured, matched and won; the written profile reads back and applies it."""
+    row = row_of(entry, good)
+    assert row["error"] is None and row["matches"] and row["median_ms"] > 0 and row["significant"]
+    assert entry["winner"] == good
+    path = write_json_atomic(tmp_path / "faulty.json", profile)
+    assert load_profile(path).for_target(entry["kind"], entry["name"])[0].winner == good
+    kernelize_model(net, mode=profile["mode"], device="cpu", profile=path)
+    applied = {e.target: e.candidate for e in kernel_report(net).entries if e.status == "applied"}
+    assert applied[entry["name"]] == good
+    COUNTS["measured"] += 1
+
+
+def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
+    reg = {name: register_function_kernel("scale", "faulty_pkg.ops", func_impl=f"faulty_pkg.cands:{name}",
+                                          device="cpu")
+           for name in ("scale_fast", "scale_raises", "scale_raises_later", "scale_wrong_shape", "scale_wrong_dtype",
+                        "scale_nan", "scale_inf", "scale_none", "scale_tuple", "scale_hangs", "scale_hangs_later",
+                        "scale_busy_loop", "scale_in_place")}
+    broken = register_function_kernel("scale", "faulty_pkg.ops", repo=faulty_pkg.cands.BrokenRepo(),
+                                      device="cpu")
+    faults = {reg["scale_raises"]: "raises", reg["scale_raises_later"]: "raises while timed",
+              reg["scale_wrong_shape"]: "wrong shape", reg["scale_wrong_dtype"]: "wrong dtype",
+              reg["scale_nan"]: "NaN", reg["scale_inf"]: "Inf", reg["scale_none"]: "None",
+              reg["scale_tuple"]: "tuple", reg["scale_hangs"]: "hangs",
+              reg["scale_hangs_later"]: "hangs while timed", reg["scale_busy_loop"]: "busy loop",
+              reg["scale_in_place"]: "mutates its input",
+              broken: "load fails"}
+    net = faulty_pkg.model.Net()
+
+    profile = tune(net, faulty_pkg.model.example(), settings, faults)
+
+    entry = entry_of(profile, SCALE)
+    assert len(entry["candidates"]) == len(faults) + 1  # every candidate has its row: none was dropped
+    check_marked(profile, entry, faults, tmp_path)
+    check_good_measured_and_applied(profile, entry, reg["scale_fast"], net, tmp_path)
+    json.loads(json.dumps(profile))  # plain JSON, whatever the faults put in it
+
+
+def test_layer_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
+    reg = {name: register_layer_kernel("SlowNorm", layer_impl=f"faulty_pkg.cands:{name}", device="cpu")
+           for name in ("FastNorm", "RaisingNorm", "ShapeNorm", "NanNorm", "HangNorm")}
+    faults = {reg["RaisingNorm"]: "layer raises", reg["ShapeNorm"]: "layer wrong shape",
+              reg["NanNorm"]: "layer NaN", reg["HangNorm"]: "layer hangs"}
+    net = faulty_pkg.model.Net()
+
+    profile = tune(net, faulty_pkg.model.example(), settings, faults)
+
+    entry = entry_of(profile, "SlowNorm")
+    check_marked(profile, entry, faults, tmp_path)
+    check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, tmp_path)
+
+
+def test_train_mode_gradient_faults_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
+    reg = {name: register_layer_kernel("SlowNorm", layer_impl=f"faulty_pkg.cands:{name}", device="cpu")
+           for name in ("FastNorm", "BackwardRaisesNorm", "NanGradNorm", "BackwardHangsNorm", "DetachedNorm")}
+    faults = {reg["BackwardRaisesNorm"]: "backward raises", reg["NanGradNorm"]: "NaN gradient",
+              reg["BackwardHangsNorm"]: "backward hangs", reg["DetachedNorm"]: "detached output"}
+    settings.mode = "train"
+    net = faulty_pkg.model.Net()
+    x = faulty_pkg.model.example()[0].requires_grad_()
+
+    profile = tune(net, (x,), settings, faults)
+
+    entry = entry_of(profile, "SlowNorm")
+    check_marked(profile, entry, faults, tmp_path)
+    check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, tmp_path)
+    assert all(p.grad is None for p in net.parameters())  # the faults left no gradient behind
+
+
+def test_when_every_candidate_is_faulty_tuning_finishes_and_keeps_the_original(faulty_pkg, settings, tmp_path):
+    reg = {name: register_function_kernel("scale", "faulty_pkg.ops", func_impl=f"faulty_pkg.cands:{name}",
+                                          device="cpu")
+           for name in ("scale_raises", "scale_nan", "scale_hangs")}
+    faults = {reg["scale_raises"]: "raises", reg["scale_nan"]: "NaN", reg["scale_hangs"]: "hangs"}
+    net = faulty_pkg.model.Net()
+    original = faulty_pkg.ops.scale
+
+    profile = tune(net, faulty_pkg.model.example(), settings, faults)
+
+    entry = entry_of(profile, SCALE)
+    check_marked(profile, entry, faults, tmp_path)
+    assert entry["winner"] is None and profile["end_to_end"]["chosen"] == "baseline"
+    assert entry["fallback"]["median_ms"] > 0  # the original was measured all the same
+    kernelize_model(net, device="cpu", profile=write_json_atomic(tmp_path / "kept.json", profile))
+    assert faulty_pkg.ops.scale is original
+    COUNTS["measured"] += 1  # the original, here the only good contender
