@@ -492,6 +492,67 @@ def test_garbage_winner_ids_apply_nothing(winner: str) -> None:
     TRIED["garbage winner ids"] += 1
 
 
+# ------------------------------------------------------------------------------------------------ edges
+# Found by a second pass over the readers: infinite figures, integers too large for a float, names too long for the
+# file system, and numbers with too many digits to parse; a trust_remote_code of the wrong type on any source.
+
+
+@pytest.mark.parametrize("where, value", [
+    (("candidates", 0, "median_ms"), float("inf")), (("candidates", 0, "spread"), float("-inf")),
+    (("candidates", 0, "speedup"), float("inf")), (("candidates", 0, "speedup_ci"), [1.0, float("inf")]),
+    (("fallback", "median_ms"), float("inf")),
+])
+def test_infinite_figures_are_refused_naming_the_field(where: tuple[Any, ...], value: Any) -> None:
+    layer_id, func_id = _register()
+    profile = valid_profile(layer_id, func_id)
+    node = profile["targets"][0]
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    _kernelize_refused(Net(), profile, str(where[-1]))
+    TRIED["edges"] += 1
+
+
+def test_integer_figures_of_any_size_are_read() -> None:
+    layer_id, func_id = _register()
+    profile = valid_profile(layer_id, func_id)
+    profile["targets"][0]["candidates"][0]["median_ms"] = 10 ** 400  # no float holds it; it is still finite
+    model = Net()
+    tk.kernelize_model(model, device="cpu", profile=profile)
+    try:
+        assert "forward" in vars(model.norm)
+    finally:
+        tk.unkernelize(model)
+    TRIED["edges"] += 1
+
+
+def test_unreadable_paths_and_unparseable_numbers_are_value_errors_naming_the_file(tmp_path: Any) -> None:
+    layer_id, func_id = _register()
+    too_long = str(tmp_path / ("p" * 5000 + ".json"))
+    _kernelize_refused(Net(), too_long, "cannot be read")
+    before = registry_snapshot()
+    with pytest.raises(ValueError, match="cannot be read"):
+        tk.register_kernels(too_long)
+    assert registry_snapshot() == before
+    digits = tmp_path / "digits.json"
+    text = json.dumps(valid_profile(layer_id, func_id))
+    digits.write_text(text.replace('"median_ms": 0.2', '"median_ms": ' + "9" * 5000, 1))
+    _kernelize_refused(Net(), digits, str(digits))
+    TRIED["edges"] += 3
+
+
+@pytest.mark.parametrize("source", [{"layer_impl": FastNorm}, {"repo_path": "/nonexistent/kernels"},
+                                    {"repo_id": "org/kernels", "version": 1}])
+@pytest.mark.parametrize("trust", ["yes", 1, None, ["org/kernels", 3], {"org/kernels": True}])
+def test_trust_remote_code_of_the_wrong_type_is_refused_for_every_source(source: dict[str, Any], trust: Any) -> None:
+    before = registry_snapshot()
+    with pytest.raises(TypeError) as info:
+        tk.register_kernels({"layers": {"HostileNorm": {**source, "trust_remote_code": trust}}})
+    check_refused(info.value, "trust_remote_code")
+    assert registry_snapshot() == before
+    TRIED["edges"] += 1
+
+
 def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
     """The figures of this module (run after the tests above): bad inputs tried, and what they left behind."""
     if not TRIED:

@@ -124,7 +124,11 @@ class ConfigFileNotFoundError(FileNotFoundError, ValueError):
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"kernel config {path} cannot be read: {exc}") from exc
+    if not found:
         raise ConfigFileNotFoundError(f"kernel config {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")

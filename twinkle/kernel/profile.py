@@ -52,10 +52,10 @@ _FIGURES = ("median_ms", "spread", "speedup")
 
 
 def _bad_figure(value: Any) -> bool:
-    """A measured figure must be a number (not NaN) or null."""
-    if value is None:
+    """A measured figure must be a finite number or null (ints of any size are finite; floats are checked)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return False
-    return isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+    return not isinstance(value, float) or not math.isfinite(value)
 
 
 def _check_figures(row: Any, where: str, bad: Callable[[str], ValueError]) -> None:
@@ -63,7 +63,7 @@ def _check_figures(row: Any, where: str, bad: Callable[[str], ValueError]) -> No
         raise bad(f"{where} must be an object")
     for key in _FIGURES:
         if _bad_figure(row.get(key)):
-            raise bad(f"{where}: '{key}' must be a number or null, got {row.get(key)!r}")
+            raise bad(f"{where}: '{key}' must be a finite number or null, got {row.get(key)!r}")
     ci = row.get("speedup_ci")
     if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and not any(map(_bad_figure, ci))
                                and None not in ci):
@@ -77,11 +77,15 @@ def load_profile(profile: str | os.PathLike[str] | dict[str, Any]) -> Profile:
     if not isinstance(profile, (str, os.PathLike)):
         raise TypeError(f"profile must be a path or a dict, got {type(profile).__name__}")
     path = Path(profile)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ValueError(f"profile {path} cannot be read: {exc}") from exc
+    if not found:
         raise ProfileNotFoundError(f"profile {path} does not exist; run `twinkle-tune` to create it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, too many digits
         raise ValueError(f"profile {path} is not valid JSON: {exc}") from exc
     return _parse(data, str(path))
 

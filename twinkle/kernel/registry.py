@@ -147,10 +147,6 @@ def _hub_or_local(where: str, repo_id: Any, repo_path: Any, version: Any, revisi
             logger.warning("%s: %s has no version= or revision=; using revision='main', which is unpinned and may "
                            "change under you", where, repo_id)
             revision = "main"
-        if not isinstance(trust_remote_code, (bool, list)) or (
-                isinstance(trust_remote_code, list) and not all(isinstance(r, str) for r in trust_remote_code)):
-            raise TypeError(f"{where}: trust_remote_code must be a bool or a list of repo ids, "
-                            f"got {trust_remote_code!r}")
         return HubSource(repo_id=repo_id, version=version, revision=revision,
                          trust_remote_code=trust_remote_code)
     import os
@@ -195,6 +191,9 @@ def _callable(value: Any, field_name: str, where: str) -> Any:
 def _source(where: str, which: str, repo_id: Any, repo_path: Any, version: Any, revision: Any, package_name: Any,
             trust_remote_code: Any, repo: Any, direct: Callable[[], Source]) -> Source:
     """The source named by ``which``; ``direct`` builds the implementation given directly."""
+    if not isinstance(trust_remote_code, (bool, list)) or (
+            isinstance(trust_remote_code, list) and not all(isinstance(r, str) for r in trust_remote_code)):
+        raise TypeError(f"{where}: trust_remote_code must be a bool or a list of repo ids, got {trust_remote_code!r}")
     if which in ("repo_id", "repo_path"):
         return _hub_or_local(where, repo_id, repo_path, version, revision, package_name, trust_remote_code)
     if version is not None or revision is not None or package_name is not None:
