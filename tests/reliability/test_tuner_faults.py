@@ -65,6 +65,12 @@ FILES = {
         def scale_wrong_shape(x):
             return (x * 2).unsqueeze(0)
 
+        def scale_transposed(x):
+            return (x * 2).t()
+
+        def scale_scalar(x):
+            return (x * 2).sum()
+
         def scale_wrong_dtype(x):
             return (x * 2).double()
 
@@ -226,21 +232,6 @@ def settings() -> TuneSettings:
     return TuneSettings(device="cpu", trials=2, seed=0, timer=timer, time_limit_s=LIMIT_S)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _figures(request: pytest.FixtureRequest):
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = (f"tuner faults: {COUNTS['faults']} faults injected into {COUNTS['runs']} tuning runs "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(COUNTS.items()) if k.startswith('fault:'))}); "
-            f"{COUNTS['marked']} marked with their reason in the profile and the report, none won; "
-            f"{COUNTS['measured']} good candidates still measured and chosen; "
-            f"{COUNTS['alarm_checks']} checks that no timer signal was left armed")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:  # pragma: no cover - without the terminal reporter (-p no:terminal)
-        print(line)
-
-
 def tune(net: torch.nn.Module, inputs: tuple[Any, ...], settings: TuneSettings, faults: dict[str, str]
          ) -> dict[str, Any]:
     """Tune with ``faults`` (candidate id -> fault) registered; check the timer signal is left as it was."""
@@ -268,6 +259,8 @@ EVIDENCE = {
     "raises": ("error", "RuntimeError: boom in candidate"),
     "raises while timed": ("error", "RuntimeError: boom while timed"),
     "wrong shape": ("mismatch", "shape (1, 2, 8) != (2, 8)"),
+    "transposed": ("mismatch", "shape (8, 2) != (2, 8)"),
+    "scalar": ("mismatch", "shape () != (2, 8)"),
     "wrong dtype": ("mismatch", "dtype torch.float64 != torch.float32"),
     "NaN": ("mismatch", "NaN/Inf where the original has none"),
     "Inf": ("mismatch", "NaN/Inf where the original has none"),
@@ -327,13 +320,15 @@ def check_good_measured_and_applied(profile: dict[str, Any], entry: dict[str, An
 def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
     reg = {name: register_function_kernel("scale", "faulty_pkg.ops", func_impl=f"faulty_pkg.cands:{name}",
                                           device="cpu")
-           for name in ("scale_fast", "scale_raises", "scale_raises_later", "scale_wrong_shape", "scale_wrong_dtype",
+           for name in ("scale_fast", "scale_raises", "scale_raises_later", "scale_wrong_shape", "scale_transposed",
+                        "scale_scalar", "scale_wrong_dtype",
                         "scale_nan", "scale_inf", "scale_none", "scale_tuple", "scale_hangs", "scale_hangs_later",
                         "scale_busy_loop", "scale_in_place")}
     broken = register_function_kernel("scale", "faulty_pkg.ops", repo=faulty_pkg.cands.BrokenRepo(),
                                       device="cpu")
     faults = {reg["scale_raises"]: "raises", reg["scale_raises_later"]: "raises while timed",
-              reg["scale_wrong_shape"]: "wrong shape", reg["scale_wrong_dtype"]: "wrong dtype",
+              reg["scale_wrong_shape"]: "wrong shape", reg["scale_transposed"]: "transposed",
+              reg["scale_scalar"]: "scalar", reg["scale_wrong_dtype"]: "wrong dtype",
               reg["scale_nan"]: "NaN", reg["scale_inf"]: "Inf", reg["scale_none"]: "None",
               reg["scale_tuple"]: "tuple", reg["scale_hangs"]: "hangs",
               reg["scale_hangs_later"]: "hangs while timed", reg["scale_busy_loop"]: "busy loop",
@@ -398,3 +393,17 @@ def test_when_every_candidate_is_faulty_tuning_finishes_and_keeps_the_original(f
     kernelize_model(net, device="cpu", profile=write_json_atomic(tmp_path / "kept.json", profile))
     assert faulty_pkg.ops.scale is original
     COUNTS["measured"] += 1  # the original, here the only good contender
+
+
+def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """The figures of this module (run after the tests above): faults injected, and what became of them."""
+    if not COUNTS["runs"]:
+        pytest.skip("run the whole module: the figures count the faults the tests above injected")
+    faults = {k.removeprefix("fault:"): v for k, v in sorted(COUNTS.items()) if k.startswith("fault:")}
+    with capsys.disabled():
+        print(f"\n[reliability] tuner faults: {COUNTS['faults']} injected into {COUNTS['runs']} tuning runs "
+              f"({', '.join(f'{k} {v}' for k, v in faults.items())}); {COUNTS['marked']} marked with their reason in "
+              f"the profile and the saved report, none won, none tried by the search; every run finished, the good "
+              f"candidate (or the original) measured and applied in {COUNTS['measured']}; no timer signal left armed "
+              f"after {COUNTS['alarm_checks']} runs")
+    assert COUNTS["marked"] == COUNTS["faults"] and COUNTS["measured"] == COUNTS["runs"]
