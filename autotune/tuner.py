@@ -200,7 +200,8 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
     for cand in cands:
         m = out[cand.id] = _Measured()
         try:
-            kernel = cand.load(device)
+            with time_limit(s.time_limit_s):  # loading runs the kernel's own code too (a repo's load(), imports)
+                kernel = cand.load(device)
             problem = capability_problem(cand, kernel, mode)
             if problem is None and site.kind == "layer":
                 assert site.module is not None

@@ -106,6 +106,10 @@ FILES = {
             def load(self):
                 raise OSError("repo unreadable")
 
+        class HangingRepo:  # loading the kernel never finishes
+            def load(self):
+                time.sleep(60)
+
         class FastNorm(nn.Module):
             def forward(self, x):
                 return x * self.weight
@@ -271,6 +275,7 @@ EVIDENCE = {
     "busy loop": ("error", "time limit"),
     "mutates its input": ("mismatch", "inputs after the call"),
     "load fails": ("error", "repo unreadable"),
+    "load hangs": ("error", "time limit"),
     "layer raises": ("error", "ValueError: norm kernel exploded"),
     "layer wrong shape": ("mismatch", "shape (2,) != (2, 8)"),
     "layer NaN": ("mismatch", "NaN/Inf where the original has none"),
@@ -326,6 +331,8 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
                         "scale_busy_loop", "scale_in_place")}
     broken = register_function_kernel("scale", "faulty_pkg.ops", repo=faulty_pkg.cands.BrokenRepo(),
                                       device="cpu")
+    hanging = register_function_kernel("scale", "faulty_pkg.ops", repo=faulty_pkg.cands.HangingRepo(),
+                                       device="cpu")
     faults = {reg["scale_raises"]: "raises", reg["scale_raises_later"]: "raises while timed",
               reg["scale_wrong_shape"]: "wrong shape", reg["scale_transposed"]: "transposed",
               reg["scale_scalar"]: "scalar", reg["scale_wrong_dtype"]: "wrong dtype",
@@ -333,7 +340,7 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
               reg["scale_tuple"]: "tuple", reg["scale_hangs"]: "hangs",
               reg["scale_hangs_later"]: "hangs while timed", reg["scale_busy_loop"]: "busy loop",
               reg["scale_in_place"]: "mutates its input",
-              broken: "load fails"}
+              broken: "load fails", hanging: "load hangs"}
     net = faulty_pkg.model.Net()
 
     profile = tune(net, faulty_pkg.model.example(), settings, faults)
