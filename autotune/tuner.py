@@ -181,12 +181,14 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
     original = _original(site)
     params = list(site.module.parameters()) if site.module is not None else []
     fallback = _Measured()
+    before = _state(site.module)  # put back after every run: tuning leaves the layer's weights as it found them
     try:
         with time_limit(s.time_limit_s):
             ref_step = Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
-            # What the original leaves in its inputs: a candidate must leave the same (most change nothing).
+            # What the original leaves in its inputs and its layer: a candidate must leave the same.
             inputs_after = clone_inputs((ref_step.args, ref_step.kwargs))
+            state_after = before if _changed(site.module, before, tol) is None else _state(site.module)
         if not is_train(mode):
             buffers = list(site.module.buffers()) if site.module is not None else []
             fallback.bytes = call_bytes(site.args, site.kwargs, expected, params, buffers)
@@ -194,6 +196,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         # Without a working original there is nothing to compare against: no candidate may win here.
         fallback.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s: the original raised on %s: %s", site.target, site.signature, fallback.error)
+        _restore(site.module, before)
         return fallback, {c.id: _Measured(error=f"original raised: {fallback.error}") for c in cands}
     out: dict[str, _Measured] = {}
     steps: dict[str, Contender] = {_FALLBACK: Contender(ref_step)}
@@ -213,6 +216,11 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 cand_step = Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode, params,
                                   s.seed)
                 m.comparison = compare(expected, cand_step.result(), tol)
+            wrote = _changed(site.module, state_after, tol)
+            if wrote:  # timing it would change the weights under every later run: refused
+                m.comparison = None
+                m.error = f"refused: it changes the module's parameters or buffers unlike the original ({wrote})"
+                continue
             if m.comparison.matches:  # right outputs, but the caller's tensors changed in place: not a stand-in
                 moved = compare(inputs_after, (cand_step.args, cand_step.kwargs), tol, "inputs after the call")
                 if not moved.matches:
@@ -224,9 +232,11 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
             logger.info("%s: candidate %s failed on %s: %s", site.target, cand.id, site.signature, m.error)
         finally:
             zero_grads(params)
+            _restore(site.module, before)
         tick()
     timings = timer.compare(steps, s.time_limit_s)
     zero_grads(params)
+    _restore(site.module, before)
     for key, result in timings.items():
         m = fallback if key == _FALLBACK else out[key]
         if isinstance(result, str):
@@ -237,6 +247,41 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
 
 
 _FALLBACK = "(original)"
+
+
+def _state(module: nn.Module | None) -> dict[str, torch.Tensor]:
+    """Copies of a layer's parameters and buffers, by name (nothing for function targets)."""
+    if module is None:
+        return {}
+    return {name: t.detach().clone() for name, t in [*module.named_parameters(), *module.named_buffers()]}
+
+
+def _changed(module: nn.Module | None, state: dict[str, torch.Tensor], tol: dict[str, dict[str, float]]) -> str | None:
+    """Which of the layer's parameters and buffers now differ from ``state`` (beyond the dtype's tolerance), if any."""
+    if module is None:
+        return None
+    live = dict([*module.named_parameters(), *module.named_buffers()])
+    if live.keys() != state.keys():
+        return f"it now has {', '.join(sorted(live))} instead of {', '.join(sorted(state))}"
+    for name, t in live.items():
+        ref, t = state[name], t.detach()
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            return f"{name} changed shape or dtype"
+        t_tol = tol.get(str(t.dtype).removeprefix("torch."), {"atol": 0.0, "rtol": 0.0})
+        same = torch.allclose(t, ref, atol=t_tol["atol"], rtol=t_tol["rtol"], equal_nan=True) \
+            if t.is_floating_point() else torch.equal(t, ref)
+        if not same:
+            return f"{name} changed"
+    return None
+
+
+def _restore(module: nn.Module | None, state: dict[str, torch.Tensor]) -> None:
+    if module is None:
+        return
+    with torch.no_grad():
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if name in state and t.shape == state[name].shape:
+                t.copy_(state[name])
 
 
 def _original(site: Site) -> Callable[..., Any]:

@@ -126,6 +126,12 @@ FILES = {
             def forward(self, x):
                 return x * self.weight * float("nan")
 
+        class DriftingNorm(nn.Module):  # right outputs, but every call adds 1 to the module's weight
+            def forward(self, x):
+                with torch.no_grad():
+                    self.weight.add_(1)
+                return x * (self.weight - 1)
+
         class HangNorm(nn.Module):
             def forward(self, x):
                 time.sleep(60)
@@ -280,6 +286,8 @@ EVIDENCE = {
     "layer wrong shape": ("mismatch", "shape (2,) != (2, 8)"),
     "layer NaN": ("mismatch", "NaN/Inf where the original has none"),
     "layer hangs": ("error", "time limit"),
+    "writes its weights": ("error", "changes the module's parameters or buffers unlike the original "
+                                    "(weight changed)"),
     "backward raises": ("error", "backward exploded"),
     "NaN gradient": ("mismatch", "grads"),
     "backward hangs": ("error", "time limit"),
@@ -354,15 +362,17 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
 
 def test_layer_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
     reg = {name: register_layer_kernel("SlowNorm", layer_impl=f"faulty_pkg.cands:{name}", device="cpu")
-           for name in ("FastNorm", "RaisingNorm", "ShapeNorm", "NanNorm", "HangNorm")}
+           for name in ("FastNorm", "RaisingNorm", "ShapeNorm", "NanNorm", "HangNorm", "DriftingNorm")}
     faults = {reg["RaisingNorm"]: "layer raises", reg["ShapeNorm"]: "layer wrong shape",
-              reg["NanNorm"]: "layer NaN", reg["HangNorm"]: "layer hangs"}
+              reg["NanNorm"]: "layer NaN", reg["HangNorm"]: "layer hangs", reg["DriftingNorm"]: "writes its weights"}
     net = faulty_pkg.model.Net()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
 
     profile = tune(net, faulty_pkg.model.example(), settings, faults)
 
     entry = entry_of(profile, "SlowNorm")
     check_marked(profile, entry, faults, tmp_path)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # tuning left the weights alone
     check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, tmp_path)
 
 
