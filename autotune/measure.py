@@ -194,9 +194,12 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         raise TimeLimitExceeded(f"ran past the per-candidate time limit of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)  # a timer the caller had set, if any
+    start = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # re-arm the caller's timer, less the time spent here (one already due fires at once)
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-6), outer_interval)

@@ -242,12 +242,13 @@ def settings() -> TuneSettings:
     return TuneSettings(device="cpu", trials=2, seed=0, timer=timer, time_limit_s=LIMIT_S)
 
 
-def tune(net: torch.nn.Module, inputs: tuple[Any, ...], settings: TuneSettings, faults: dict[str, str]
-         ) -> dict[str, Any]:
+def tune(net: torch.nn.Module, inputs: tuple[Any, ...], settings: TuneSettings, faults: dict[str, str],
+         outer_alarm: bool = False) -> dict[str, Any]:
     """Tune with ``faults`` (candidate id -> fault) registered; check the timer signal is left as it was."""
     handler = signal.getsignal(signal.SIGALRM)
     profile = autotune(net, inputs, settings, model_name="faulty")
-    assert signal.getsignal(signal.SIGALRM) == handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) == handler
+    assert outer_alarm or signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     COUNTS["alarm_checks"] += 1
     COUNTS["runs"] += 1
     COUNTS["faults"] += len(faults)
@@ -412,6 +413,31 @@ def test_when_every_candidate_is_faulty_tuning_finishes_and_keeps_the_original(f
     COUNTS["measured"] += 1  # the original, here the only good contender
 
 
+def test_an_alarm_set_by_the_caller_survives_the_time_limits(faulty_pkg, settings, tmp_path):
+    """A caller's own SIGALRM timer (pytest-timeout's signal method, a job's deadline) is still armed after tuning,
+    with its handler, and the time that passed meanwhile taken off it; the tuner's limits still stop a hang."""
+    fired: list[int] = []
+    ids = {name: register_function_kernel("scale", "faulty_pkg.ops", func_impl=f"faulty_pkg.cands:{name}",
+                                          device="cpu") for name in ("scale_fast", "scale_hangs")}
+    def on_alarm(signum: int, frame: Any) -> None:
+        fired.append(signum)
+
+    handler = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 300.0)
+        profile = tune(faulty_pkg.model.Net(), faulty_pkg.model.example(), settings, {ids["scale_hangs"]: "hangs"},
+                       outer_alarm=True)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 200.0 < left < 300.0, left  # still armed, less the time tuning took
+        assert signal.getsignal(signal.SIGALRM) is on_alarm and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, handler)
+    check_marked(profile, entry_of(profile, SCALE), {ids["scale_hangs"]: "hangs"}, tmp_path)
+    check_good_measured_and_applied(profile, entry_of(profile, SCALE), ids["scale_fast"], faulty_pkg.model.Net(),
+                                    tmp_path)
+
+
 def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
     """The figures of this module (run after the tests above): faults injected, and what became of them."""
     if not COUNTS["runs"]:
@@ -421,6 +447,6 @@ def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
         print(f"\n[reliability] tuner faults: {COUNTS['faults']} injected into {COUNTS['runs']} tuning runs "
               f"({', '.join(f'{k} {v}' for k, v in faults.items())}); {COUNTS['marked']} marked with their reason in "
               f"the profile and the saved report, none won, none tried by the search; every run finished, the good "
-              f"candidate (or the original) measured and applied in {COUNTS['measured']}; no timer signal left armed "
-              f"after {COUNTS['alarm_checks']} runs")
+              f"candidate (or the original) measured and applied in {COUNTS['measured']}; the SIGALRM handler and timer "
+              f"left as the caller had them after {COUNTS['alarm_checks']} runs")
     assert COUNTS["marked"] == COUNTS["faults"] and COUNTS["measured"] == COUNTS["runs"]
