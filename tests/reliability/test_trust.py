@@ -199,6 +199,16 @@ def test_a_profile_only_narrows_what_is_registered(tmp_path: Path) -> None:
     CHECKED["profiles naming registered code"] += 1
 
 
+@pytest.mark.parametrize("flag", ["no", "false", "False", 0, 1, None, [False]])
+def test_allow_imports_must_be_a_bool(probe: str, flag: Any) -> None:
+    """A non-bool flag (say "false" read from a settings file, which is truthy) is refused before anything else."""
+    config = {"functions": {"double": {"target_module": OPS.__name__, "func_impl": f"{probe}:fn"}}}
+    with pytest.raises(TypeError, match="allow_imports"):
+        tk.register_kernels(config, allow_imports=flag)
+    assert snapshot() == {} and probe not in sys.modules
+    CHECKED["allow_imports flags of the wrong type refused"] += 1
+
+
 def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
     """The figures of this module (run after the tests above)."""
     if not CHECKED:

@@ -30,6 +30,8 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_impo
     dict is never changed. With ``allow_imports=False`` (configs from elsewhere) every ``"pkg.mod:attr"`` string is
     refused with a ValueError naming its field, before anything is imported or registered.
     """
+    if not isinstance(allow_imports, bool):  # "no" or "false" from a settings file would read as True
+        raise TypeError(f"allow_imports must be True or False, got {allow_imports!r}")
     origin = "config"
     if isinstance(config, (str, os.PathLike)):
         origin = str(config)
