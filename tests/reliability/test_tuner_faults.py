@@ -95,6 +95,9 @@ FILES = {
                 time.sleep(60)
             return x * 2
 
+        def scale_goes_wrong(x):  # right on the first call (the check), wrong ever after
+            return x * 2 if _count("goes_wrong") == 1 else x * 2 + 1
+
         def scale_in_place(x):  # the right values, but it doubles its caller's tensor too
             return x.mul_(2)
 
@@ -281,6 +284,7 @@ EVIDENCE = {
     "hangs while timed": ("error", "time limit"),
     "busy loop": ("error", "time limit"),
     "mutates its input": ("mismatch", "inputs after the call"),
+    "wrong after the first call": ("mismatch", "results changed over repeated calls"),
     "load fails": ("error", "repo unreadable"),
     "load hangs": ("error", "time limit"),
     "layer raises": ("error", "ValueError: norm kernel exploded"),
@@ -337,7 +341,7 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
            for name in ("scale_fast", "scale_raises", "scale_raises_later", "scale_wrong_shape", "scale_transposed",
                         "scale_scalar", "scale_wrong_dtype",
                         "scale_nan", "scale_inf", "scale_none", "scale_tuple", "scale_hangs", "scale_hangs_later",
-                        "scale_busy_loop", "scale_in_place")}
+                        "scale_busy_loop", "scale_in_place", "scale_goes_wrong")}
     broken = register_function_kernel("scale", "faulty_pkg.ops", repo=faulty_pkg.cands.BrokenRepo(),
                                       device="cpu")
     hanging = register_function_kernel("scale", "faulty_pkg.ops", repo=faulty_pkg.cands.HangingRepo(),
@@ -348,7 +352,7 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
               reg["scale_nan"]: "NaN", reg["scale_inf"]: "Inf", reg["scale_none"]: "None",
               reg["scale_tuple"]: "tuple", reg["scale_hangs"]: "hangs",
               reg["scale_hangs_later"]: "hangs while timed", reg["scale_busy_loop"]: "busy loop",
-              reg["scale_in_place"]: "mutates its input",
+              reg["scale_in_place"]: "mutates its input", reg["scale_goes_wrong"]: "wrong after the first call",
               broken: "load fails", hanging: "load hangs"}
     net = faulty_pkg.model.Net()
 
