@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, help="profile to write (default: profiles/<stem>.json)")
     p.add_argument("--report-dir", type=Path, help="report directory (default: reports/<stem>/)")
     p.add_argument("--trials", type=int, default=20, help="end-to-end search trials with optuna (0: none)")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help="stop the search once N sampled trials in a row found nothing better (default: run all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objective", choices=OBJECTIVES, default="latency")
     p.add_argument("--storage", help="optuna storage URL (e.g. sqlite:///tune.db) so an interrupted search resumes")
@@ -84,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, inputs = model_file.build()
         stem = model_file.stem
         mode = "train" if args.mode == "training" else args.mode
-        settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, seed=args.seed,
-                                objective=args.objective, storage=args.storage,
+        settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, patience=args.patience,
+                                seed=args.seed, objective=args.objective, storage=args.storage,
                                 study_name=f"{stem}-{args.device or 'auto'}-{mode}", time_limit_s=args.time_limit,
                                 tolerances=model_file.tolerances())
         with _progress(args.quiet, console) as progress:

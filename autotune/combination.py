@@ -85,6 +85,7 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
     if s.trials > 0 and space:
         found = search.run(run_trial, space, per_target, s, report, pool_combinations(space))
         summary["trials"] = found.trials
+        summary["stopped_early"] = found.stopped_early
         if found.pareto is not None:
             summary["pareto"] = found.pareto
         if found.best is not None and all(found.best != c for c in combos.values()):

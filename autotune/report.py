@@ -194,6 +194,8 @@ def _settings_line(profile: dict[str, Any]) -> str | None:
         parts.append(f"confidence {_num(s['confidence']) * 100:g}%")
     if s.get("trials") is not None:
         parts.append(f"trials {s['trials']}")
+    if s.get("patience") is not None:
+        parts.append(f"patience {s['patience']}")
     if s.get("seed") is not None:
         parts.append(f"seed {s['seed']}")
     copy = _num((profile.get("roofline") or {}).get("copy_bandwidth_gbps")) if isinstance(profile.get("roofline"),
@@ -375,6 +377,9 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
         line = f"End-to-end search: {len(trials)} trial{'s' if len(trials) != 1 else ''}"
         if requested is not None:
             line += f" (budget {requested})"
+        if e2e.get("stopped_early"):
+            patience = (profile.get("settings") or {}).get("patience")
+            line += f", stopped after {patience} trials in a row found nothing better"
         if done:
             best = min(done, key=lambda t: _num(t["median_ms"]))  # type: ignore[arg-type,return-value]
             line += f", fastest trial #{best.get('number', '?')} at {_fmt_time(best['median_ms'])}"

@@ -1,7 +1,8 @@
 """End-to-end search with optuna over combinations of per-target choices, measuring the whole model step.
 
 The first trial is the per-target winners; ``trials`` bounds the study (a resumed study counts the trials it
-already has); ``storage`` (an optuna storage URL, e.g. ``sqlite:///tune.db``) keeps the study across runs.
+already has); ``patience`` stops it earlier, once that many sampled trials in a row found nothing better;
+``storage`` (an optuna storage URL, e.g. ``sqlite:///tune.db``) keeps the study across runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ class Found:
     trials: list[dict[str, Any]]
     best: Choices | None
     pareto: list[dict[str, Any]] | None = None
+    stopped_early: bool = False
+
+
+def improves(values: list[float], earlier: list[list[float]]) -> bool:
+    """Whether a trial's objective ``values`` are better than every earlier trial's: below the best (one
+    objective), or dominated by none of them (several: it joins the Pareto front)."""
+    if not earlier:
+        return True
+    if len(values) == 1:
+        return values[0] < min(e[0] for e in earlier)
+    return not any(all(a <= b for a, b in zip(e, values)) for e in earlier)
 
 
 def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space: dict[str, list[str | None]],
@@ -79,8 +91,26 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
             raise TuneError("peak memory is not available on this device")
         return mem if s.objective == "memory" else (relative, mem)
 
+    seeded = len(labels)
+    stale = {"count": 0, "stopped": False}
+
+    def stop_when_stale(study: Any, trial: Any) -> None:
+        """After the seeded trials, count sampled trials in a row that improve nothing; stop at ``patience``."""
+        if s.patience is None or trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) <= seeded:
+            return
+        earlier = [list(t.values) for t in complete if t.number < trial.number]
+        stale["count"] = 0 if improves(list(trial.values), earlier) else stale["count"] + 1
+        if stale["count"] >= s.patience:
+            logger.info("search stopped after %d trials: the last %d found nothing better", len(complete),
+                        s.patience)
+            stale["stopped"] = True
+            study.stop()
+
     report("search", 0, remaining)
-    study.optimize(objective, n_trials=remaining, catch=(Exception,))
+    study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=[stop_when_stale])
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     trials = [{"number": t.number, "label": t.user_attrs.get("label"), "choices": dict(t.params),
                "median_ms": t.user_attrs.get("median_ms"),
@@ -90,11 +120,11 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     for t in failed:
         logger.warning("search trial %d failed: %s", t.number, t.system_attrs.get("fail_reason", "unknown"))
     if not complete:
-        return Found(trials, None)
+        return Found(trials, None, stopped_early=stale["stopped"])
     if len(directions) == 1:
-        return Found(trials, dict(study.best_trial.params))
+        return Found(trials, dict(study.best_trial.params), stopped_early=stale["stopped"])
     front = study.best_trials
     pareto = [{"number": t.number, "choices": dict(t.params), "median_ms": t.user_attrs.get("median_ms"),
                "relative_time": t.values[0], "peak_mem_mb": t.values[1]} for t in front]
     fastest = min(front, key=lambda t: t.values[0])
-    return Found(trials, dict(fastest.params), pareto)
+    return Found(trials, dict(fastest.params), pareto, stale["stopped"])

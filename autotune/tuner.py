@@ -43,6 +43,7 @@ class TuneSettings:
     device: str | None = None
     mode: str = "inference"
     trials: int = 20
+    patience: int | None = None  # stop the search once this many sampled trials in a row found nothing better
     seed: int = 0
     objective: str = "latency"
     storage: str | None = None
@@ -114,6 +115,11 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         raise TuneError(f"objective {s.objective!r} is not one of {', '.join(OBJECTIVES)}")
     if s.trials < 0:
         raise TuneError(f"trials must be >= 0, got {s.trials}")
+    if s.patience is not None and (isinstance(s.patience, bool) or not isinstance(s.patience, int)
+                                   or s.patience < 1):
+        raise TuneError(f"patience must be a whole number >= 1 (or None: run every trial), got {s.patience!r}")
+    if s.time_limit_s is not None and not s.time_limit_s > 0:
+        raise TuneError(f"time limit must be a number of seconds > 0, got {s.time_limit_s!r}")
     check_device(device)
     if s.objective != "latency" and device not in ("cuda", "rocm"):
         raise TuneError(f"objective {s.objective!r} needs peak-memory statistics, which only cuda/rocm keep; "
@@ -161,7 +167,7 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": model_name, "mode": mode, "device": device, "environment": env,
         "settings": {"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
-                     "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
+                     "patience": s.patience, "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
         "roofline": {"copy_bandwidth_gbps": copy_gbps},
         "end_to_end": summary, "targets": entries,
     }

@@ -60,6 +60,20 @@ def test_success_writes_the_profile_and_reports_at_the_defaults(work):
     assert "profile: profiles/mymodel.json" in out.stdout
 
 
+def test_patience_is_recorded_and_a_bad_one_or_a_bad_time_limit_writes_nothing(work):
+    out = tune(work, "mymodel.py", "--device", "cpu", "--trials", "3", "--patience", "1", "--quiet")
+    assert out.returncode == 0, out.stderr
+    profile = json.loads((work / "profiles" / "mymodel.json").read_text())
+    assert profile["settings"]["patience"] == 1
+    assert len(profile["end_to_end"]["trials"]) <= 3
+    (work / "profiles" / "mymodel.json").unlink()
+    for flag, value, message in (("--patience", "0", "patience must be a whole number >= 1"),
+                                 ("--time-limit", "-1", "time limit must be a number of seconds > 0")):
+        out = tune(work, "mymodel.py", "--device", "cpu", flag, value, "--quiet")
+        assert out.returncode == 1 and message in out.stderr
+        assert not (work / "profiles" / "mymodel.json").exists()
+
+
 def test_explicit_paths_and_the_console_report(work):
     out = tune(work, "mymodel.py", "--device", "cpu", "--trials", "0", "--profile", "p/x.json",
                "--report-dir", "r")

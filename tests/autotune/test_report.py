@@ -186,6 +186,15 @@ def test_console_end_to_end_summary_and_environment():
     assert "dtype float32 · mode inference" in flat
 
 
+def test_console_says_when_the_search_stopped_early():
+    p = make_profile()
+    p["settings"]["patience"] = 4
+    p["end_to_end"]["stopped_early"] = True
+    flat = " ".join(render(p, width=200).split())
+    assert "trials 6, patience 4, seed 0" in flat
+    assert "End-to-end search: 2 trials (budget 6), stopped after 4 trials in a row found nothing better" in flat
+
+
 def test_console_tolerates_sparse_profiles():
     p = make_profile()
     p["end_to_end"] = {"baseline": {"median_ms": 2.0, "spread": None, "peak_mem_mb": None}, "chosen": "baseline",
