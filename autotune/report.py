@@ -213,6 +213,14 @@ def _target_unit(target: dict[str, Any]) -> tuple[str, float]:
 
 def _verdict(target: dict[str, Any], cand: dict[str, Any] | None, error_limit: int) -> tuple[str, str]:
     """(kind, text) for one row: kind is winner | kept | failed | mismatch | plain."""
+    kind, text = _verdict_of(target, cand, error_limit)
+    if cand is not None and cand.get("overwrites_inputs") is True:
+        text = f"{text}; " if text else ""
+        text += "writes into its inputs (declared overwrites_inputs)"
+    return kind, text
+
+
+def _verdict_of(target: dict[str, Any], cand: dict[str, Any] | None, error_limit: int) -> tuple[str, str]:
     winner = target.get("winner")
     reason = target.get("reason")
     if cand is None:  # the fallback row

@@ -101,6 +101,11 @@ FILES = {
         def scale_in_place(x):  # the right values, but it doubles its caller's tensor too
             return x.mul_(2)
 
+        def scale_in_place_declared(x):  # the same, declared: for targets whose callers drop their inputs
+            return x.mul_(2)
+
+        scale_in_place_declared.overwrites_inputs = True
+
         def scale_busy_loop(x):  # a hang that never calls into anything interruptible but the interpreter
             while True:
                 pass
@@ -363,6 +368,26 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
     check_marked(profile, entry, faults, tmp_path)
     check_good_measured_and_applied(profile, entry, reg["scale_fast"], net, tmp_path)
     json.loads(json.dumps(profile))  # plain JSON, whatever the faults put in it
+
+
+def test_a_kernel_that_declares_it_overwrites_its_inputs_is_allowed_and_said_to(faulty_pkg, settings, tmp_path):
+    declared = register_function_kernel("scale", "faulty_pkg.ops", func_impl="faulty_pkg.cands:scale_in_place_declared",
+                                        device="cpu")
+    undeclared = register_function_kernel("scale", "faulty_pkg.ops", func_impl="faulty_pkg.cands:scale_in_place",
+                                          device="cpu")
+    net = faulty_pkg.model.Net()
+
+    profile = tune(net, faulty_pkg.model.example(), settings, {undeclared: "mutates its input"})
+
+    entry = entry_of(profile, SCALE)
+    check_marked(profile, entry, {undeclared: "mutates its input"}, tmp_path)
+    row = row_of(entry, declared)
+    # Timed over and over on one overwritten input, then checked again on the captured values: still right.
+    assert row["overwrites_inputs"] is True and row["matches"] and row["error"] is None
+    assert "overwrites_inputs" not in row_of(entry, undeclared)
+    check_good_measured_and_applied(profile, entry, declared, net, tmp_path)
+    report = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "writes into its inputs (declared overwrites\\_inputs)" in report  # markdown-escaped
 
 
 def test_layer_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):

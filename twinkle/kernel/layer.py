@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .registry import Candidate
 
-_CAPABILITY_ATTRS = {"forward", "has_backward", "can_torch_compile", "kernel_layer_name"}
+_CAPABILITY_ATTRS = {"forward", "has_backward", "can_torch_compile", "overwrites_inputs", "kernel_layer_name"}
 
 
 def class_path(cls: type) -> str:

@@ -64,6 +64,12 @@ class Candidate:
         can_compile = bool(getattr(owner, "can_torch_compile", self.mode is not None and is_compile(self.mode)))
         return has_backward, can_compile
 
+    def overwrites_inputs(self, kernel: Any) -> bool:
+        """Whether the kernel declares ``overwrites_inputs = True``: it writes into its input tensors, which is safe
+        only where the callers never read them again (the tuner then allows it, and says so); default False."""
+        owner = type(kernel) if self.kind == "function" and isinstance(self.source, RepoSource) else kernel
+        return getattr(owner, "overwrites_inputs", False) is True
+
     def describe(self) -> str:
         return f"{self.id} [device={self.device or 'any'}, mode={self.mode or 'any'}]"
 

@@ -8,7 +8,8 @@ patches are never used: they replace transformers classes for every model of the
 - ``RMSNorm``: ``LigerRMSNormFunction`` with the module's weight and epsilon, Llama casting (float32 inside),
   offset 0, not in place (the gradient of the output is left intact). The same for Qwen2, Qwen3 and Mistral.
 - ``SwiGLUMLP``: ``LigerSiLUMulFunction`` between the module's own projections.
-- ``apply_rotary_pos_emb``: ``liger_rotary_pos_emb``.
+- ``apply_rotary_pos_emb``: ``liger_rotary_pos_emb``, which writes into ``q`` and ``k`` (declared
+  ``overwrites_inputs``: the four families' attention never reads them after the call).
 - ``CausalLM``: with ``labels``, the model body, then ``LigerFusedLinearCrossEntropyLoss`` on ``lm_head.weight``
   and the shifted hidden states, so the logits are never materialised: **the output's ``logits`` is None** (as
   with Liger's own patch when it skips logits); ``loss``, ``cache``, ``hidden_states`` and ``attentions`` are as the
@@ -71,6 +72,10 @@ def rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
 
 rotary_pos_emb.has_backward = True  # type: ignore[attr-defined]
 rotary_pos_emb.can_torch_compile = True  # type: ignore[attr-defined]
+# Liger's rope kernel rotates q and k in their own storage when they are transposed views of contiguous
+# projections, as in the four families' attention, whose callers rebind q and k to the results and never read
+# the inputs again: declared, so that the tuner allows it (and says so) instead of refusing it.
+rotary_pos_emb.overwrites_inputs = True  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------- fused linear cross-entropy
