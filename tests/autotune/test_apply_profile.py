@@ -18,7 +18,7 @@ from twinkle.kernel import KernelError, kernel_report, kernelize_model
 from twinkle.kernel.function import register_function_kernel
 from twinkle.kernel.profile import write_json_atomic
 
-from conftest import target
+from tune_helpers import target
 
 REGISTER = '''
 from twinkle.kernel import register_layer_kernel

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_package
+from tune_helpers import write_package
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = '''

@@ -14,7 +14,7 @@ from autotune.combination import pool_combinations
 from autotune.roofline import achieved, call_bytes
 from twinkle.kernel.function import register_function_kernel
 
-from conftest import candidate, target
+from tune_helpers import candidate, target
 
 SCALE = "tune_pkg.ops.scale"
 

@@ -15,7 +15,7 @@ from autotune import TuneError, autotune
 from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel
 from twinkle.kernel.function import register_function_kernel
 
-from conftest import candidate, target
+from tune_helpers import candidate, target
 
 SCALE = "tune_pkg.ops.scale"
 SHIFT = "tune_pkg.ops.shift"
