@@ -59,7 +59,7 @@ class Candidate:
 
     def capabilities(self, kernel: Any) -> tuple[bool, bool]:
         """``(has_backward, can_torch_compile)``: declared by the kernel, else implied by the registration."""
-        owner = type(kernel) if self.kind == "function" and isinstance(self.source, RepoSource) else kernel
+        owner = self._declarer(kernel)
         has_backward = bool(getattr(owner, "has_backward", True))
         can_compile = bool(getattr(owner, "can_torch_compile", self.mode is not None and is_compile(self.mode)))
         return has_backward, can_compile
@@ -67,8 +67,11 @@ class Candidate:
     def overwrites_inputs(self, kernel: Any) -> bool:
         """Whether the kernel declares ``overwrites_inputs = True``: it writes into its input tensors, which is safe
         only where the callers never read them again (the tuner then allows it, and says so); default False."""
-        owner = type(kernel) if self.kind == "function" and isinstance(self.source, RepoSource) else kernel
-        return getattr(owner, "overwrites_inputs", False) is True
+        return getattr(self._declarer(kernel), "overwrites_inputs", False) is True
+
+    def _declarer(self, kernel: Any) -> Any:
+        """What carries the kernel's declared attributes: a repo's class for repo functions, else the kernel."""
+        return type(kernel) if self.kind == "function" and isinstance(self.source, RepoSource) else kernel
 
     def describe(self) -> str:
         return f"{self.id} [device={self.device or 'any'}, mode={self.mode or 'any'}]"
