@@ -98,14 +98,45 @@ class _SiLUMulFunction:
         return F.silu(a) * b
 
 
+def _rot(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rot_transposed(y):  # the adjoint of _rot
+    y1, y2 = y.chunk(2, dim=-1)
+    return torch.cat((y2, -y1), dim=-1)
+
+
+class _RopeFunction(torch.autograd.Function):
+    """As Liger's ``LigerRopeFunction``: q and k go back to their physical layout ``(batch, seq, heads, dim)``,
+    ``.contiguous()`` (no copy when they are transposed views of contiguous projections, as in the four
+    families' attention), are rotated in that storage, and come back transposed: the caller's q and k are
+    overwritten."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin, unsqueeze_dim):
+        c, s = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+        ctx.save_for_backward(c, s)
+        out = []
+        for x in (q, k):
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)
+            x.copy_(x * c + _rot(x) * s)
+            out.append(x)
+        return out[0], out[1]
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        c, s = ctx.saved_tensors
+        return dq * c + _rot_transposed(dq * s), dk * c + _rot_transposed(dk * s), None, None, None
+
+
 def _rotary(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    _rotary.calls += 1
+    return _RopeFunction.apply(q, k, cos, sin, unsqueeze_dim)
 
-    def rot(x):
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
 
-    return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+_rotary.calls = 0
 
 
 class _FusedLinearCrossEntropyLoss(nn.Module):

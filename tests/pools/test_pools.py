@@ -517,3 +517,32 @@ def test_fused_linear_cross_entropy_without_labels_is_the_original(tiny_model, l
         torch.testing.assert_close(g, e)
     if liger.fake is not None:
         assert not liger.fake.loss_calls
+
+
+def test_liger_rotary_overwrites_q_and_k_as_declared_and_the_tuner_allows_it(tiny_model, liger):
+    from autotune import TimerSettings, TuneSettings, autotune
+    from twinkle.kernel.function import register_function_kernel
+    from twinkle.kernel.pools.liger import rotary_pos_emb
+
+    # As in the four families' attention: q and k are transposed views of contiguous projections.
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 12, n, 16, generator=gen).to(liger.device).transpose(1, 2) for n in (4, 2))
+    cos, sin = (torch.randn(2, 12, 16, generator=gen).to(liger.device) for _ in range(2))
+    q0, k0 = q.clone(), k.clone()
+    out_q, _ = rotary_pos_emb(q, k, cos, sin)
+    assert not torch.equal(q, q0) and not torch.equal(k, k0)  # Liger writes into the caller's tensors...
+    torch.testing.assert_close(q, out_q)
+    assert rotary_pos_emb.overwrites_inputs is True  # ...which the pool declares
+
+    # The tuner allows it, train mode included (the liger pool registers for cuda only: registered here directly).
+    cand = register_function_kernel("apply_rotary_pos_emb", MODELING["llama"], func_impl=rotary_pos_emb,
+                                    device=liger.device)
+    model = tiny_model("llama").to(liger.device)
+    ids = tokens(liger.device)
+    settings = TuneSettings(device=liger.device, mode="train", trials=0, seed=0, time_limit_s=60,
+                            timer=TimerSettings(warmup=1, batch=3, min_samples=6, max_samples=12, max_seconds=0.2))
+    profile = autotune(model, {"input_ids": ids, "labels": ids, "use_cache": False}, settings)
+    entry = next(t for t in profile["targets"] if t["name"] == f"{MODELING['llama']}.apply_rotary_pos_emb")
+    row = next(c for c in entry["candidates"] if c["id"] == cand)
+    assert row["error"] is None and row["matches"], row  # outputs and gradients right, checked again after timing
+    assert row["overwrites_inputs"] is True
