@@ -1,12 +1,16 @@
 """End to end: apply combinations of per-target choices, search them, and keep one only if it pays off whole.
 
 The baseline, the per-target winners and the search's best are timed interleaved; the per-target winners stand
-unless together they are significantly slower than the baseline; a searched combination must beat both.
+unless together they are significantly slower than the baseline; a searched combination must beat both. The
+chosen combination's whole-model output (the loss in train modes) is then compared with the original's: one that
+raises or gives NaN/Inf where the original does not is dropped for the next choice; any other difference is
+recorded (the per-call tolerances do not apply to a whole model, whose rounding differences add up over its layers).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
@@ -15,9 +19,11 @@ from twinkle.kernel import kernelize_model, unkernelize
 from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION
 
 from . import search
+from .capture import clone_inputs
 from .choose import Weighted, speedup_ci
 from .errors import TuneError
-from .measure import Contender, Timer, Timing
+from .match import compare, tolerances
+from .measure import Contender, Timer, Timing, time_limit
 from .step import Step
 
 if TYPE_CHECKING:
@@ -52,13 +58,17 @@ def combination_profile(entries: list[dict[str, Any]], choices: dict[str, str | 
 def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env: dict[str, Any], device: str,
                 mode: str, timer: Timer, s: TuneSettings, report: Progress) -> dict[str, Any]:
     """Search combinations, then time baseline, per-target pick and search pick interleaved, and choose."""
-    whole = Step(model, step.args, step.kwargs, mode, step.params, s.seed)
+    # The model's inputs as given, kept aside: a kernel that overwrites its inputs may write into them.
+    inputs = clone_inputs((step.args, step.kwargs))
+    whole = Step(model, *clone_inputs(inputs), mode, step.params, s.seed)
 
     def apply(choices: dict[str, str | None]) -> None:
+        """Kernelize for ``choices`` (untimed, before each round) and put the model's inputs back as given."""
         unkernelize(model)
         if any(choices.values()):
             kernelize_model(model, mode=mode, device=device, use_fallback=False,
                             profile=combination_profile(entries, choices, env, device, mode))
+        whole.restore_inputs(inputs)
 
     per_target = {entry_key(e): e["winner"] for e in entries}
     combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
@@ -116,26 +126,73 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
     for name in ("per-target", "search"):
         if name in results:
             summary[name.replace("-", "_")] = _figures(*results[name], base[0], s.seed)
-    chosen, best = "baseline", base
-    # Per-target winners stand on their own measurements unless, together, they are slower end to end.
+    # In order of preference, what may replace the original: the per-target winners stand on their own
+    # measurements unless, together, they are slower end to end; a searched combination must beat both.
+    ranked = []
     if "per-target" in results and speedup_ci(_one(base[0]), _one(results["per-target"][0]), s.seed)[2] >= 1.0:
-        chosen, best = "per-target", results["per-target"]
-    # A searched combination must beat both the baseline and the per-target pick.
-    if "search" in results and _beats(results["search"], base, s.objective, s.seed) \
-            and _beats(results["search"], best, s.objective, s.seed):
-        chosen, best = "search", results["search"]
+        ranked.append("per-target")
+    if "search" in results and _beats(results["search"], base, s.objective, s.seed) and all(
+            _beats(results["search"], results[r], s.objective, s.seed) for r in ranked):
+        ranked.insert(0, "search")
+    chosen = _checked(ranked, combos, model, whole, inputs, apply, s, summary)
     summary["chosen"] = chosen
-    summary["tuned"] = _figures(*best, base[0], s.seed)
+    summary["tuned"] = _figures(*results[chosen], base[0], s.seed)
     final = combos[chosen]
+    dropped = {name: summary[name.replace("-", "_") + "_dropped"] for name in ("search", "per-target")
+               if name.replace("-", "_") + "_dropped" in summary}
     for e in entries:
         choice = final.get(entry_key(e))
         if chosen == "baseline" and e["winner"] is not None:
-            e["reason"] = (f"{e['reason']}; but the per-target winners together were slower than the original end "
-                           "to end, so the original is kept")
+            why = (f"the per-target winners together gave {dropped['per-target']}" if "per-target" in dropped
+                   else "the per-target winners together were slower than the original end to end")
+            e["reason"] = f"{e['reason']}; but {why}, so the original is kept"
+        elif chosen == "per-target" and "search" in dropped:
+            e["reason"] = f"{e['reason']}; the search's combination was dropped: it gave {dropped['search']}"
         elif chosen == "search" and choice != e["winner"]:
             e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
         e["winner"] = choice
     return summary
+
+
+def _checked(ranked: list[str], combos: dict[str, dict[str, str | None]], model: nn.Module, whole: Step,
+             inputs: tuple[Any, dict[str, Any]], apply: Callable[[dict[str, str | None]], None], s: TuneSettings,
+             summary: dict[str, Any]) -> str:
+    """The first of ``ranked`` whose whole-model output runs and has no NaN/Inf where the original's has none,
+    else "baseline".
+
+    Each is compared with the original's output (the loss in train modes); the comparison of the one kept, and
+    why any was dropped, go into ``summary``. A finite difference, or one of structure (a model may return objects
+    that do not compare equal, such as caches), is recorded, not acted on: every kernel in the combination matched
+    on its own, and rounding differences add up over a whole model beyond the per-call tolerances.
+    """
+
+    def output(choices: dict[str, str | None]) -> Any:
+        apply(choices)
+        try:
+            with time_limit(s.time_limit_s):
+                out = whole.result()
+            return out["output"] if whole.train else out
+        finally:
+            unkernelize(model)
+
+    if not ranked:
+        return "baseline"
+    expected = output(combos["baseline"])
+    tol = tolerances(s.tolerances)
+    for name in ranked:
+        try:
+            c = compare(expected, output(combos[name]), tol, "model output")
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        else:
+            if c.max_abs_err != float("inf"):  # NaN/Inf where the original has none drops it; the rest is noted
+                summary["check"] = {"combination": name, "max_abs_err": c.max_abs_err,
+                                    "within_call_tolerance": c.matches, "detail": c.detail}
+                return name
+            detail = c.detail or "an output unlike the original's"
+        logger.warning("end-to-end: the %s combination is dropped: it gave %s", name, detail)
+        summary[name.replace("-", "_") + "_dropped"] = detail
+    return "baseline"
 
 
 def pool_combinations(space: dict[str, list[str | None]]) -> dict[str, dict[str, str | None]]:

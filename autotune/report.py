@@ -378,6 +378,20 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
     chosen = e2e.get("chosen")
     if chosen:
         lines.append(f"Chosen combination: {_CHOSEN.get(chosen, chosen)}")
+    for name in ("search", "per_target"):
+        if e2e.get(f"{name}_dropped"):
+            lines.append(f"Dropped: the {name.replace('_', '-')} combination gave {e2e[f'{name}_dropped']}")
+    check = e2e.get("check") if isinstance(e2e.get("check"), dict) else None
+    if check:
+        err = _num(check.get("max_abs_err"))
+        line = "Whole-model output, tuned vs original: "
+        if err is not None:
+            line += f"max abs error {err:.3g}"
+            line += " (within the per-call tolerance)" if check.get("within_call_tolerance") else (
+                " (beyond the per-call tolerance, which a whole model's rounding may exceed)")
+        else:
+            line += str(check.get("detail") or "not compared")
+        lines.append(line)
     trials = [t for t in (e2e.get("trials") or []) if isinstance(t, dict)]
     requested = (profile.get("settings") or {}).get("trials")
     if trials:

@@ -73,6 +73,13 @@ class Step:
             torch.autograd.backward(outs, self._grads)
         return out
 
+    def restore_inputs(self, values: tuple[Any, dict[str, Any]]) -> None:
+        """Copy ``values`` (``(args, kwargs)`` as captured) back into this step's inputs, which a kernel that
+        overwrites its inputs may have changed."""
+        with torch.no_grad():
+            for live, saved in zip(tensors((self.args, self.kwargs)), tensors(values)):
+                live.copy_(saved)
+
     def result(self) -> Any:
         """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
         out = self()

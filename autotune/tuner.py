@@ -30,7 +30,7 @@ from .errors import TuneError
 from .match import Comparison, compare, tolerances
 from .measure import Contender, Timer, TimerSettings, Timing, time_limit
 from .roofline import COPY_BYTES, achieved, call_bytes, copy_bandwidth_gbps
-from .step import Step, tensors, zero_grads
+from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
 
@@ -252,7 +252,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
             continue
         try:
             if m.overwrites_inputs:  # timing ran it over and over on the same, overwritten inputs: fresh ones
-                _reset_inputs(contender.fn, site)  # type: ignore[arg-type]
+                contender.fn.restore_inputs((site.args, site.kwargs))  # type: ignore[attr-defined]
             with time_limit(s.time_limit_s):
                 again = compare(expected, contender.fn.result(), tol)  # type: ignore[attr-defined]
             if not again.matches:
@@ -273,13 +273,6 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
 
 
 _FALLBACK = "(original)"
-
-
-def _reset_inputs(step: Step, site: Site) -> None:
-    """Put the captured values back into a step's own copies of the inputs (for kernels that overwrite them)."""
-    with torch.no_grad():
-        for live, captured in zip(tensors((step.args, step.kwargs)), tensors((site.args, site.kwargs))):
-            live.copy_(captured)
 
 
 def _state(module: nn.Module | None) -> dict[str, torch.Tensor]:

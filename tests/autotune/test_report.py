@@ -195,6 +195,17 @@ def test_console_says_when_the_search_stopped_early():
     assert "End-to-end search: 2 trials (budget 6), stopped after 4 trials in a row found nothing better" in flat
 
 
+def test_console_shows_the_whole_model_check_and_what_was_dropped():
+    p = make_profile()
+    p["end_to_end"]["check"] = {"combination": "per-target", "max_abs_err": 0.0625, "within_call_tolerance": False,
+                                "detail": "model output['loss']: max abs error 0.0625 beyond atol=0.01, rtol=0.016"}
+    p["end_to_end"]["search_dropped"] = "model output['loss']: NaN/Inf where the original has none"
+    flat = " ".join(render(p, width=200).split())
+    assert ("Whole-model output, tuned vs original: max abs error 0.0625 (beyond the per-call tolerance, which a "
+            "whole model's rounding may exceed)") in flat
+    assert "Dropped: the search combination gave model output['loss']: NaN/Inf where the original has none" in flat
+
+
 def test_console_tolerates_sparse_profiles():
     p = make_profile()
     p["end_to_end"] = {"baseline": {"median_ms": 2.0, "spread": None, "peak_mem_mb": None}, "chosen": "baseline",

@@ -197,3 +197,39 @@ def test_dict_inputs_are_keyword_inputs(tune_pkg, settings):
     ids = register_scale("scale_fast")
     profile = autotune(Kw(), {"x": torch.ones(3)}, settings)
     assert target(profile, SCALE)["winner"] == ids["scale_fast"]
+
+
+def scale_scratch(x):
+    """Right result, then it uses its input as scratch space, and declares that it overwrites its inputs."""
+    out = x * 2
+    x.fill_(float("nan"))
+    return out
+
+
+scale_scratch.overwrites_inputs = True
+
+
+def test_a_combination_whose_whole_model_output_is_nan_is_dropped(tune_pkg, settings):
+    class ReusesInput(nn.Module):  # reads x again after the call: the declaration above is wrong here
+        def forward(self, x):
+            return tune_pkg.ops.scale(x) + x
+
+    cand = register_function_kernel("scale", "tune_pkg.ops", func_impl=scale_scratch, device="cpu")
+    profile = autotune(ReusesInput(), tune_pkg.model.example(), settings)
+
+    entry = target(profile, SCALE)
+    row = candidate(entry, cand)
+    assert row["matches"] and row["overwrites_inputs"]  # right on its own...
+    e2e = profile["end_to_end"]
+    assert e2e["chosen"] == "baseline" and entry["winner"] is None  # ...but NaN in the model: the original stays
+    assert "NaN/Inf" in e2e["per_target_dropped"] and "NaN/Inf" in entry["reason"]
+    assert "check" not in e2e
+
+
+def test_the_kept_combination_is_compared_with_the_original_whole(tune_pkg, settings):
+    ids = register_scale("scale_fast")
+    profile = autotune(tune_pkg.model.Net(), tune_pkg.model.example(), settings)
+    assert target(profile, SCALE)["winner"] == ids["scale_fast"]
+    check = profile["end_to_end"]["check"]
+    assert check["combination"] == profile["end_to_end"]["chosen"] != "baseline"
+    assert check["within_call_tolerance"] is True and check["max_abs_err"] == 0.0
