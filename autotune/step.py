@@ -80,13 +80,14 @@ class Step:
             for live, saved in zip(tensors((self.args, self.kwargs)), tensors(values)):
                 live.copy_(saved)
 
-    def result(self) -> Any:
-        """Outputs, and gradients of inputs and parameters in train modes (detached copies)."""
+    def result(self, grads: bool = True) -> Any:
+        """Outputs, and gradients of inputs and parameters in train modes (detached copies); ``grads=False``: the
+        outputs alone (in train modes the loss, when there is one), still after a backward pass."""
         out = self()
         if self.train and loss_of(out) is not None:
             out = {"loss": out["loss"] if isinstance(out, dict) else out.loss}
         out = clone_inputs(out)
-        if not self.train:
+        if not self.train or not grads:
             return out
         return {"output": out, "grads": [None if t.grad is None else t.grad.detach().clone() for t in self._leaves()]}
 
