@@ -10,6 +10,7 @@ recorded (the per-call tolerances do not apply to a whole model, whose rounding 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -73,10 +74,12 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
     per_target = {entry_key(e): e["winner"] for e in entries}
     combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
 
+    quick = timer.quick()
+
     def run_trial(choices: dict[str, str | None]) -> tuple[Timing, float | None, float]:
         """A trial, timed interleaved with the baseline: its time relative to the baseline cancels drift."""
         try:
-            timings = timer.compare({"baseline": Contender(whole, setup=lambda: apply(combos["baseline"])),
+            timings = quick.compare({"baseline": Contender(whole, setup=lambda: apply(combos["baseline"])),
                                      "trial": Contender(whole, setup=lambda: apply(choices))}, s.time_limit_s)
             trial, base = timings["trial"], timings["baseline"]
             if isinstance(trial, str) or isinstance(base, str):
@@ -93,7 +96,9 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
              for e in entries}
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
+        started = time.perf_counter()
         found = search.run(run_trial, space, per_target, s, report, pool_combinations(space))
+        summary["search_s"] = time.perf_counter() - started
         summary["trials"] = found.trials
         summary["stopped_early"] = found.stopped_early
         if found.pareto is not None:
@@ -131,8 +136,8 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
     ranked = []
     if "per-target" in results and speedup_ci(_one(base[0]), _one(results["per-target"][0]), s.seed)[2] >= 1.0:
         ranked.append("per-target")
-    if "search" in results and _beats(results["search"], base, s.objective, s.seed) and all(
-            _beats(results["search"], results[r], s.objective, s.seed) for r in ranked):
+    if "search" in results and _beats(results["search"], base, s.objective, s.seed, s.min_gain) and all(
+            _beats(results["search"], results[r], s.objective, s.seed, s.min_gain) for r in ranked):
         ranked.insert(0, "search")
     chosen = _checked(ranked, combos, model, whole, inputs, apply, s, summary)
     summary["chosen"] = chosen
@@ -212,11 +217,17 @@ def pool_combinations(space: dict[str, list[str | None]]) -> dict[str, dict[str,
     return combos
 
 
-def _beats(new: tuple[Timing, float | None], old: tuple[Timing, float | None], objective: str, seed: int) -> bool:
-    """Significantly faster (latency, both), or lower peak memory (memory), than ``old``."""
+def _beats(new: tuple[Timing, float | None], old: tuple[Timing, float | None], objective: str, seed: int,
+           min_gain: float) -> bool:
+    """Whether ``new`` is better than ``old``: significantly faster (latency); lower peak memory (memory); for
+    both, significantly faster with at most ``min_gain`` more memory, or not significantly slower with more than
+    ``min_gain`` less memory."""
     if objective == "memory":
         return new[1] is not None and old[1] is not None and new[1] < old[1]
-    return speedup_ci(_one(old[0]), _one(new[0]), seed)[1] > 1.0
+    _, lo, hi = speedup_ci(_one(old[0]), _one(new[0]), seed)
+    if objective == "latency" or new[1] is None or old[1] is None:
+        return lo > 1.0
+    return (lo > 1.0 and new[1] <= old[1] * (1 + min_gain)) or (hi >= 1.0 and new[1] < old[1] * (1 - min_gain))
 
 
 def _one(t: Timing) -> Weighted:

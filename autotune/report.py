@@ -399,6 +399,9 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
         line = f"End-to-end search: {len(trials)} trial{'s' if len(trials) != 1 else ''}"
         if requested is not None:
             line += f" (budget {requested})"
+        walked = sum(t.get("label") == "walk" for t in trials)
+        if walked:
+            line += f", {walked} of them moves of one target from the pick"
         if e2e.get("stopped_early"):
             patience = (profile.get("settings") or {}).get("patience")
             line += f", stopped after {patience} trials in a row found nothing better"
@@ -418,7 +421,30 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
     objective = (profile.get("settings") or {}).get("objective")
     if objective == "both" and not e2e.get("pareto"):
         lines.append("Pareto front: none recorded.")
+    lines.extend(_seconds_lines(profile))
     return lines
+
+
+def _seconds_lines(profile: dict[str, Any]) -> list[str]:
+    """Where the tuning's wall time went, and the target that took longest to measure (profiles before these
+    figures were recorded have none: no line)."""
+    sec = profile.get("seconds") if isinstance(profile.get("seconds"), dict) else {}
+    total = _num(sec.get("total"))
+    if total is None:
+        return []
+    parts = [f"{label} {_num(sec.get(key)):.1f} s" for key, label in
+             (("capture", "capture"), ("measure", "measure"), ("search", "search"), ("end_to_end", "end to end"))
+             if _num(sec.get(key)) is not None]
+    line = f"Tuning took {total:.1f} s" + (f" ({', '.join(parts)})" if parts else "")
+    targets = [t for t in (profile.get("targets") or []) if isinstance(t, dict) and _num(t.get("measure_s"))]
+    if targets:
+        slow = max(targets, key=lambda t: _num(t["measure_s"]))  # type: ignore[arg-type,return-value]
+        rows = [c for c in (slow.get("candidates") or []) if isinstance(c, dict) and _num(c.get("check_s"))]
+        line += f"; slowest target to measure: {slow.get('name')} {_num(slow['measure_s']):.1f} s"
+        if rows:
+            worst = max(rows, key=lambda c: _num(c["check_s"]))  # type: ignore[arg-type,return-value]
+            line += f", of which {_num(worst['check_s']):.1f} s to load and check {worst.get('id')}"
+    return [line]
 
 
 # ------------------------------------------------------------------------------------------------ data frame

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,7 @@ class _Measured:
     error: str | None = None
     bytes: int | None = None  # the original's: what one call reads and writes at least (forward-only modes)
     overwrites_inputs: bool = False  # the kernel declares it writes into its inputs (allowed, and reported)
+    seconds: float = 0.0  # wall time spent on it: a candidate's load and check (compiles included); a site's all
 
 
 def _targets(device: str, mode: str) -> tuple[dict[str, list[Candidate]], dict[str, list[Candidate]]]:
@@ -139,9 +141,11 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     layers, functions = _targets(device, mode)
     if not layers and not functions:
         raise TuneError(f"no candidate kernel is registered for device {device} and mode {mode}")
+    clock = {"start": time.perf_counter()}
     report("capture", 0, 1)
     sites = capture(model, step, layers, functions)
     report("capture", 1, 1)
+    clock["capture"] = time.perf_counter()
     if not sites:
         names = ", ".join(sorted(layers) + sorted(functions))
         raise TuneError(f"no registered candidate matches anything the model runs (targets: {names}): no instance "
@@ -157,12 +161,17 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         done += 1 + len(per_cand)
         report("measure", done, total)
         results.append((site, fallback, per_cand))
+    clock["measure"] = time.perf_counter()
 
     copy_gbps = None if is_train(mode) else copy_bandwidth_gbps(tdev, COPY_BYTES if device != "cpu" else 2**25)
     entries = _entries(results, pools, s, copy_gbps)
     env = fingerprint(device, _dtype(model))
     summary = end_to_end(model, step, entries, env, device, mode, timer, s, report)
     zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
+    end = time.perf_counter()
+    search_s = summary.pop("search_s", 0.0)
+    seconds = {"capture": clock["capture"] - clock["start"], "measure": clock["measure"] - clock["capture"],
+               "search": search_s, "end_to_end": end - clock["measure"] - search_s, "total": end - clock["start"]}
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -170,7 +179,7 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         "settings": {"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
                      "patience": s.patience, "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
         "roofline": {"copy_bandwidth_gbps": copy_gbps},
-        "end_to_end": summary, "targets": entries,
+        "end_to_end": summary, "targets": entries, "seconds": seconds,
     }
 
 
@@ -185,6 +194,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                   tol: dict[str, dict[str, float]], s: TuneSettings,
                   tick: Callable[[], None]) -> tuple[_Measured, dict[str, _Measured]]:
     """Check every candidate against the original on one captured input, then time them all interleaved."""
+    site_start = time.perf_counter()
     original = _original(site)
     params = list(site.module.parameters()) if site.module is not None else []
     fallback = _Measured()
@@ -204,11 +214,13 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         fallback.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s: the original raised on %s: %s", site.target, site.signature, fallback.error)
         _restore(site.module, before)
+        fallback.seconds = time.perf_counter() - site_start
         return fallback, {c.id: _Measured(error=f"original raised: {fallback.error}") for c in cands}
     out: dict[str, _Measured] = {}
     steps: dict[str, Contender] = {_FALLBACK: Contender(ref_step)}
     for cand in cands:
         m = out[cand.id] = _Measured()
+        cand_start = time.perf_counter()
         try:
             with time_limit(s.time_limit_s):  # loading runs the kernel's own code too (a repo's load(), imports)
                 kernel = cand.load(device)
@@ -242,6 +254,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         finally:
             zero_grads(params)
             _restore(site.module, before)
+            m.seconds = time.perf_counter() - cand_start
         tick()
     timings = timer.compare(steps, s.time_limit_s)
     zero_grads(params)
@@ -269,6 +282,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
             m.error = result
         else:
             m.timing = result
+    fallback.seconds = time.perf_counter() - site_start
     return fallback, out
 
 
@@ -400,6 +414,7 @@ def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[
             row.update(achieved(step_bytes, row["median_ms"], copy_gbps))
         if any(m.overwrites_inputs for m in ms):
             row["overwrites_inputs"] = True
+        row["check_s"] = sum(m.seconds for m in ms)
         scored.append(Scored(cand.id, row["median_ms"], row["speedup"], ci, row["matches"], error))
         cand_rows.append(row)
     if fallback_error:
@@ -419,5 +434,6 @@ def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[
         "fallback": {"median_ms": fb_w.median_ms() if fb_w else None, "spread": fb_w.spread_ms() if fb_w else None,
                      "error": fallback_error, **achieved(step_bytes, fb_w.median_ms() if fb_w else None, copy_gbps)},
         "candidates": cand_rows, "winner": winner, "reason": reason,
+        "measure_s": sum(fb.seconds for _, fb, _ in members),
     })
     return entry

@@ -195,6 +195,22 @@ def test_console_says_when_the_search_stopped_early():
     assert "End-to-end search: 2 trials (budget 6), stopped after 4 trials in a row found nothing better" in flat
 
 
+def test_console_says_where_the_tuning_time_went_and_counts_the_walk():
+    p = make_profile()
+    p["end_to_end"]["trials"][1]["label"] = "walk"
+    p["seconds"] = {"capture": 0.5, "measure": 73.04, "search": 49.0, "end_to_end": 7.0, "total": 129.6}
+    rms = next(t for t in p["targets"] if t["name"] == "rmsnorm")
+    rms["measure_s"] = 30.2
+    rms["candidates"][0]["check_s"] = 2.0
+    rms["candidates"][1]["check_s"] = 12.5
+    flat = " ".join(render(p, width=400).split())
+    assert "End-to-end search: 2 trials (budget 6), 1 of them moves of one target from the pick" in flat
+    assert ("Tuning took 129.6 s (capture 0.5 s, measure 73.0 s, search 49.0 s, end to end 7.0 s); slowest target "
+            f"to measure: rmsnorm 30.2 s, of which 12.5 s to load and check {rms['candidates'][1]['id']}") in flat
+    del p["seconds"]  # a profile from before these figures: no line, no error
+    assert "Tuning took" not in render(p, width=400)
+
+
 def test_console_shows_the_whole_model_check_and_what_was_dropped():
     p = make_profile()
     p["end_to_end"]["check"] = {"combination": "per-target", "max_abs_err": 0.0625, "within_call_tolerance": False,

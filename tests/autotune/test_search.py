@@ -1,4 +1,6 @@
-"""The end-to-end search's budget: --trials bounds it, --patience ends it once sampled trials stop improving.
+"""The end-to-end search: the seeds, then the walk one target at a time from the pick, then sampled trials;
+--trials bounds it, --patience ends it once sampled trials stop improving; with both objectives, the pick trades
+a time difference below min_gain for less memory.
 
 The trials here are scored by a table instead of timings, so which trial improves is known in advance."""
 
@@ -8,7 +10,7 @@ import pytest
 
 from autotune import TuneError, autotune
 from autotune.measure import Timing
-from autotune.search import improves, run
+from autotune.search import improves, neighbours, pick, run
 from autotune.tuner import TuneSettings
 
 SPACE = {"norm": [None, "impl:a", "impl:b", "impl:c"], "rope": [None, "impl:x", "impl:y", "impl:z"],
@@ -35,20 +37,52 @@ def test_without_patience_every_trial_of_the_budget_runs():
     assert len(seen) == 12 and len(found.trials) == 12 and not found.stopped_early
 
 
-def test_patience_stops_once_that_many_sampled_trials_in_a_row_found_nothing_better():
-    # The seeded trials (first, the pool) score 0.9 and 0.8; no sampled trial does better.
+def labels(found):
+    return [t["label"] for t in found.trials]
+
+
+def test_after_the_seeds_the_search_walks_one_target_at_a_time_from_the_best_then_samples():
+    # The seeded trials (first, the pool) score 0.9 and 0.8; nothing else does better.
     found, seen = search(lambda k, c: [0.9, 0.8][k] if k < 2 else 1.0, trials=30, patience=3)
-    assert found.stopped_early
-    assert len(seen) == 2 + 3  # the seeded trials always run, then three stale ones
-    assert [t["label"] for t in found.trials[:2]] == ["first", "pool:one"]
-    assert found.best == POOLS["pool:one"]
+    moves = neighbours(POOLS["pool:one"], SPACE)
+    assert len(moves) == 9  # three targets, three other options each
+    assert labels(found) == ["first", "pool:one"] + ["walk"] * 9 + [None] * 3
+    assert seen[2:11] == moves  # every move from the pick, each changing one target
+    assert found.stopped_early and found.best == POOLS["pool:one"]
 
 
-def test_an_improving_trial_resets_the_count():
-    # Sampled trials 2-3 are stale, trial 4 improves on everything before it, then 5-7 are stale: stop after 8.
-    found, seen = search(lambda k, c: 0.5 if k == 4 else 1.0, trials=30, patience=3)
-    assert found.stopped_early and len(seen) == 8
-    assert found.best == seen[4]
+def test_the_walk_finds_the_best_combination_when_the_choices_add_up():
+    # Each target's options cost a known amount and the costs add up, as kernel times nearly do in a model.
+    cost = {"norm": {None: 0.3, "impl:a": 0.25, "impl:b": 0.2, "impl:c": 0.1},
+            "rope": {None: 0.3, "impl:x": 0.3, "impl:y": 0.15, "impl:z": 0.25},
+            "mlp": {None: 0.4, "impl:p": 0.45, "impl:q": 0.5, "impl:r": 0.3}}
+    found, seen = search(lambda k, c: sum(cost[key][c[key]] for key in c), trials=40, patience=2)
+    best = {"norm": "impl:c", "rope": "impl:y", "mlp": "impl:r"}
+    assert found.best == best
+    first_hit = seen.index(best)
+    assert found.trials[first_hit]["label"] == "walk"  # reached by the walk's moves, not by luck of the sampler
+    assert found.stopped_early and len(seen) < 40  # then the walk ran out of better moves and patience ended it
+
+
+def test_patience_counts_sampled_trials_and_an_improving_trial_resets_the_count():
+    # Trial 12 (the second sampled trial: 2 seeds and 9 moves come first) improves on everything before it.
+    found, seen = search(lambda k, c: 0.5 if k == 12 else 1.0, trials=60, patience=3)
+    ls = labels(found)
+    assert ls[:11] == ["first", "pool:one"] + ["walk"] * 9 and ls[11:13] == [None, None]
+    assert found.best == seen[12]
+    after = ls[13:]
+    walk = after.count("walk")
+    assert walk > 0 and after == ["walk"] * walk + [None] * 3  # a walk from the new pick, then three stale samples
+    assert found.stopped_early  # one stale sample before trial 12 did not carry over: 3 after it, not 2
+
+
+def test_with_both_objectives_the_pick_trades_a_time_difference_below_min_gain_for_memory():
+    values = {0: [1.0, 500.0], 1: [0.80, 900.0], 2: [0.81, 600.0], 3: [0.95, 400.0], 4: [0.81, 650.0]}
+    assert pick(values, 0.03) == 2   # within 3% of the fastest (0.80), and 300 MB less
+    assert pick(values, 0.0) == 1    # no slack: the fastest
+    assert pick(values, 0.25) == 3   # 0.95 is within 25% of 0.80; 0.4 GB beats 0.5 GB at 1.0 (dominated anyway)
+    assert pick({0: [0.9], 1: [0.7], 2: [0.7]}, 0.03) == 1  # one objective: the lowest score, the earliest on ties
+    assert pick({}, 0.03) is None
 
 
 def test_patience_never_runs_more_than_the_budget():
@@ -79,3 +113,30 @@ def test_a_bad_time_limit_is_refused_before_any_work(value):
 
     with pytest.raises(TuneError, match="time limit"):
         autotune(nn.Linear(2, 2), (), TuneSettings(device="cpu", time_limit_s=value))
+
+
+def test_with_both_objectives_a_combination_beats_another_by_speed_at_like_memory_or_by_memory_at_like_speed():
+    from autotune.combination import _beats
+
+    def t(ms):  # a timing with a little noise around ms
+        return Timing(tuple(ms * (1 + 0.002 * (i % 5 - 2)) for i in range(20)))
+
+    old = (t(100.0), 10_000.0)
+    assert _beats((t(90.0), 10_100.0), old, "both", 0, 0.03)      # faster, memory within 3%
+    assert not _beats((t(90.0), 11_000.0), old, "both", 0, 0.03)  # faster, but 10% more memory
+    assert _beats((t(100.0), 8_000.0), old, "both", 0, 0.03)      # as fast, 20% less memory
+    assert not _beats((t(105.0), 8_000.0), old, "both", 0, 0.03)  # less memory, but significantly slower
+    assert not _beats((t(100.0), 9_900.0), old, "both", 0, 0.03)  # as fast, 1% less memory: no difference
+    assert _beats((t(90.0), 11_000.0), old, "latency", 0, 0.03)   # one objective: speed alone
+    assert _beats((t(105.0), 9_900.0), old, "memory", 0, 0.03)
+
+
+def test_the_search_trials_timer_takes_half_the_samples_of_the_final_comparison():
+    from autotune.measure import Timer, TimerSettings
+
+    full = Timer("cpu", TimerSettings(batch=10, min_samples=20, max_seconds=2.0))
+    quick = full.quick()
+    assert (quick.settings.batch, quick.settings.min_samples, quick.settings.max_seconds) == (5, 10, 1.0)
+    assert full.settings.batch == 10  # the full timer is left as it was
+    timing = quick.time(lambda: None)
+    assert len(timing.samples) >= 10

@@ -55,6 +55,12 @@ def test_fast_and_correct_wins_fast_and_wrong_never_does_slower_is_not_significa
     assert not nan["matches"] and "NaN/Inf" in nan["mismatch"]
     assert entry["winner"] == ids["scale_fast"]
     assert profile["end_to_end"]["chosen"] in ("per-target", "search")
+    # Where the time went: the phases add up to the total; each target and candidate has its share.
+    sec = profile["seconds"]
+    assert set(sec) == {"capture", "measure", "search", "end_to_end", "total"} and min(sec.values()) >= 0
+    assert math.isclose(sum(v for k, v in sec.items() if k != "total"), sec["total"], rel_tol=1e-6)
+    assert 0 < sum(t["measure_s"] for t in profile["targets"]) <= sec["measure"]
+    assert 0 < sum(c["check_s"] for c in entry["candidates"]) <= entry["measure_s"]
     json.dumps(profile)  # the whole profile is plain JSON
 
 
