@@ -2,7 +2,8 @@
 # The GPU evidence of docs/benchmarks.md ("Llama stacks"): run on the lent H100 from the repository root, with the
 # wheels of ../shared/tools/gpu-wheels.sh in .whl/. Stages (each may be run alone, in this order):
 #   tests    the pools' and Triton kernels' GPU tests, the roofline micro-benchmark, the compile check
-#   tune     twinkle-tune the TinyLlama-shaped Llama (inference; train with --objective both), timed
+#   tune     twinkle-tune the TinyLlama-shaped Llama (inference; train with --objective both), timed, with
+#            --patience ${PATIENCE:-4} (the seeds and the walk's moves always run; patience ends the sampling)
 #   stacks   eager / all-Liger / all-torch-pool / tuned / torch.compile stacks, one process each
 #   repeat   two more tunings of each mode, and whether the per-target winners repeat (REPEAT_TRAIN_TRIALS=0
 #            skips the end-to-end search in the train repeats, which does not change per-target picks)
@@ -34,13 +35,13 @@ for stage in $STAGES; do
   say "=== stage $stage ($(date -u +%H:%M:%S))"
   case $stage in
     tests)
-      python3 -m pytest -q -p no:cacheprovider tests/pools 2>&1 | tail -25 | tee -a "$LOG"
+      python3 -m pytest -q -p no:cacheprovider -rs tests/pools 2>&1 | tee -a "$LOG" | tail -25
       python3 benchmarks/rmsnorm_bandwidth.py --json reports/rmsnorm_bandwidth.json 2>&1 | tee -a "$LOG"
       [ -f benchmarks/compile_check.py ] && python3 benchmarks/compile_check.py 2>&1 | tail -20 | tee -a "$LOG"
       ;;
     tune)
-      tune hf_tinyllama-cuda
-      tune hf_tinyllama-cuda-train --mode train --objective both
+      tune hf_tinyllama-cuda --patience "${PATIENCE:-4}"
+      tune hf_tinyllama-cuda-train --mode train --objective both --patience "${PATIENCE:-4}"
       ;;
     stacks)
       python3 benchmarks/llama_stacks.py --profile-inference profiles/hf_tinyllama-cuda.json \
@@ -48,8 +49,9 @@ for stage in $STAGES; do
       ;;
     repeat)
       for i in 2 3; do
-        tune "repeat/hf_tinyllama-cuda-$i"
-        tune "repeat/hf_tinyllama-cuda-train-$i" --mode train --objective both --trials "${REPEAT_TRAIN_TRIALS:-20}"
+        tune "repeat/hf_tinyllama-cuda-$i" --patience "${PATIENCE:-4}"
+        tune "repeat/hf_tinyllama-cuda-train-$i" --mode train --objective both --trials "${REPEAT_TRAIN_TRIALS:-20}" \
+          --patience "${PATIENCE:-4}"
       done
       for m in cuda cuda-train; do
         python3 benchmarks/tuning_repeatability.py "profiles/hf_tinyllama-$m.json" \
