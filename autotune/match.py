@@ -52,23 +52,41 @@ def compare(expected: Any, actual: Any, tol: dict[str, dict[str, float]], what: 
             if not torch.equal(e, a):
                 return Comparison(False, None, f"{path}: integer values differ")
             continue
-        e64, a64 = e.detach().double().cpu(), a.detach().double().cpu()
-        bad = torch.isfinite(e64) & ~torch.isfinite(a64)
-        if bool(bad.any()):
-            return Comparison(False, float("inf"), f"{path}: NaN/Inf where the original has none")
-        same_nonfinite = ~torch.isfinite(e64)
-        if bool((same_nonfinite & ~(torch.isnan(e64) & torch.isnan(a64)) & (e64 != a64)).any()):
-            return Comparison(False, float("inf"), f"{path}: non-finite values differ")
-        finite = torch.isfinite(e64)
-        diff = (e64 - a64).abs()[finite]
-        err = float(diff.max()) if diff.numel() else 0.0
-        worst = max(worst, err)
         t = tol.get(str(e.dtype).removeprefix("torch."), {"atol": 0.0, "rtol": 0.0})
-        limit = t["atol"] + t["rtol"] * e64.abs()[finite]
-        if diff.numel() and bool((diff > limit).any()):
-            return Comparison(False, worst, f"{path}: max abs error {err:.3g} beyond atol={t['atol']:g}, "
-                                            f"rtol={t['rtol']:g}")
+        try:
+            verdict = _compare_tensors(e, a, t, path, _work_device(e))
+        except torch.OutOfMemoryError:  # the device is full: the same comparison, slower, in host memory
+            verdict = _compare_tensors(e, a, t, path, torch.device("cpu"))
+        if isinstance(verdict, Comparison):
+            return verdict if verdict.max_abs_err is None or verdict.max_abs_err == float("inf") else Comparison(
+                False, max(worst, verdict.max_abs_err), verdict.detail)
+        worst = max(worst, verdict)
     return Comparison(True, worst)
+
+
+def _work_device(t: torch.Tensor) -> torch.device:
+    """Where to compare: on a CUDA/ROCm GPU where the tensor is (a whole model's gradients are gigabytes, too slow
+    to copy to the host), else on the host (float64 is missing on MPS and on some XPUs)."""
+    return t.device if t.device.type == "cuda" else torch.device("cpu")
+
+
+def _compare_tensors(e: torch.Tensor, a: torch.Tensor, t: dict[str, float], path: str,
+                     device: torch.device) -> Comparison | float:
+    """One pair of floating tensors, in float64 on ``device``: the largest absolute error, or why they differ."""
+    e64 = e.detach().to(device=device, dtype=torch.float64)
+    a64 = a.detach().to(device=device, dtype=torch.float64)
+    finite = torch.isfinite(e64)
+    if bool((finite & ~torch.isfinite(a64)).any()):
+        return Comparison(False, float("inf"), f"{path}: NaN/Inf where the original has none")
+    if bool((~finite & ~(torch.isnan(e64) & torch.isnan(a64)) & (e64 != a64)).any()):
+        return Comparison(False, float("inf"), f"{path}: non-finite values differ")
+    diff = torch.where(finite, (e64 - a64).abs(), 0.0)
+    err = float(diff.max()) if diff.numel() else 0.0
+    limit = t["atol"] + t["rtol"] * e64.abs()  # where the original is not finite, diff is 0: never beyond
+    if diff.numel() and bool((diff > limit).any()):
+        return Comparison(False, err, f"{path}: max abs error {err:.3g} beyond atol={t['atol']:g}, "
+                                      f"rtol={t['rtol']:g}")
+    return err
 
 
 class _Mismatch:
