@@ -441,8 +441,8 @@ def _seconds_lines(profile: dict[str, Any]) -> list[str]:
         slow = max(targets, key=lambda t: _num(t["measure_s"]))  # type: ignore[arg-type,return-value]
         rows = [c for c in (slow.get("candidates") or []) if isinstance(c, dict) and _num(c.get("check_s"))]
         line += f"; slowest target to measure: {slow.get('name')} {_num(slow['measure_s']):.1f} s"
-        if rows:
-            worst = max(rows, key=lambda c: _num(c["check_s"]))  # type: ignore[arg-type,return-value]
+        worst = max(rows, key=lambda c: _num(c["check_s"])) if rows else None  # type: ignore[arg-type,return-value]
+        if worst is not None and _num(worst["check_s"]) >= 0.1:  # type: ignore[operator]
             line += f", of which {_num(worst['check_s']):.1f} s to load and check {worst.get('id')}"
     return [line]
 
