@@ -8,6 +8,7 @@ sample, so the statistics (median, IQR, bootstrap intervals) are computed from t
 from __future__ import annotations
 
 import contextlib
+import copy
 import signal
 import statistics
 import threading
@@ -77,8 +78,7 @@ class Timer:
         """A timer taking half the samples per round and in all (the end-to-end search's trials use it; what
         they find is timed again in full before it is chosen)."""
         s = self.settings
-        quick = Timer.__new__(Timer)
-        quick.device, quick.gpu, quick._flush_buffer = self.device, self.gpu, self._flush_buffer
+        quick = copy.copy(self)  # shares the L2 flush buffer
         quick.settings = replace(s, batch=max(1, s.batch // 2), min_samples=max(1, s.min_samples // 2),
                                  max_seconds=s.max_seconds / 2)
         return quick

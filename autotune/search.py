@@ -44,7 +44,12 @@ def improves(values: list[float], earlier: list[list[float]]) -> bool:
         return True
     if len(values) == 1:
         return values[0] < min(e[0] for e in earlier)
-    return not any(all(a <= b for a, b in zip(e, values)) for e in earlier)
+    return not any(_covers(e, values) for e in earlier)
+
+
+def _covers(other: list[float], values: list[float]) -> bool:
+    """``other`` is at least as good as ``values`` in every objective (all minimised)."""
+    return all(a <= b for a, b in zip(other, values))
 
 
 def pick(values: dict[int, list[float]], min_gain: float) -> int | None:
@@ -53,8 +58,7 @@ def pick(values: dict[int, list[float]], min_gain: float) -> int | None:
         return None
     if all(len(v) == 1 for v in values.values()):
         return min(values, key=lambda n: (values[n][0], n))
-    front = {n: v for n, v in values.items()
-             if not any(all(a <= b for a, b in zip(o, v)) and o != v for o in values.values())}
+    front = {n: v for n, v in values.items() if not any(_covers(o, v) and o != v for o in values.values())}
     fastest = min(v[0] for v in front.values())
     near = [n for n, v in front.items() if v[0] <= fastest * (1 + min_gain)]
     return min(near, key=lambda n: (front[n][1], front[n][0], n))
@@ -124,17 +128,15 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     stale = {"count": 0, "stopped": False}
     walked: dict[str, int | None] = {"from": None}
 
-    def walk(study: Any, trial: Any) -> None:
+    def walk(study: Any, complete: list[Any]) -> None:
         """Once the seeds are done, queue the one-target moves from the pick, each time the pick changes."""
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < seeded:
             return
         best = pick({t.number: list(t.values) for t in complete}, s.min_gain)
         if best is None or best == walked["from"]:
             return
         walked["from"] = best
-        tried = [t.params for t in study.trials] + [
-            t.system_attrs.get("fixed_params") for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+        tried = [t.system_attrs.get("fixed_params") or t.params for t in study.trials]  # run, or queued
         start = next(t for t in complete if t.number == best)
         for move in neighbours({k: start.params.get(k) for k in space}, space):
             if move not in tried:
@@ -146,11 +148,9 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
         stop at ``patience``. The seeds and the walk's moves run whatever the count."""
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return
-        walk(study, trial)
-        if s.patience is None:
-            return
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) <= seeded:
+        walk(study, complete)
+        if s.patience is None or len(complete) <= seeded:
             return
         earlier = [list(t.values) for t in complete if t.number < trial.number]
         if improves(list(trial.values), earlier):

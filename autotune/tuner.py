@@ -141,11 +141,11 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     layers, functions = _targets(device, mode)
     if not layers and not functions:
         raise TuneError(f"no candidate kernel is registered for device {device} and mode {mode}")
-    clock = {"start": time.perf_counter()}
+    started = time.perf_counter()
     report("capture", 0, 1)
     sites = capture(model, step, layers, functions)
     report("capture", 1, 1)
-    clock["capture"] = time.perf_counter()
+    captured = time.perf_counter()
     if not sites:
         names = ", ".join(sorted(layers) + sorted(functions))
         raise TuneError(f"no registered candidate matches anything the model runs (targets: {names}): no instance "
@@ -161,7 +161,7 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
         done += 1 + len(per_cand)
         report("measure", done, total)
         results.append((site, fallback, per_cand))
-    clock["measure"] = time.perf_counter()
+    measured = time.perf_counter()
 
     copy_gbps = None if is_train(mode) else copy_bandwidth_gbps(tdev, COPY_BYTES if device != "cpu" else 2**25)
     entries = _entries(results, pools, s, copy_gbps)
@@ -170,8 +170,8 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
     end = time.perf_counter()
     search_s = summary.pop("search_s", 0.0)
-    seconds = {"capture": clock["capture"] - clock["start"], "measure": clock["measure"] - clock["capture"],
-               "search": search_s, "end_to_end": end - clock["measure"] - search_s, "total": end - clock["start"]}
+    seconds = {"capture": captured - started, "measure": measured - captured, "search": search_s,
+               "end_to_end": end - measured - search_s, "total": end - started}
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
