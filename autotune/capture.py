@@ -15,10 +15,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from twinkle.kernel import signature
 from twinkle.kernel.layer import matches
 from twinkle.kernel.registry import Candidate
-
-from . import signature
 
 
 @dataclass
@@ -27,8 +26,8 @@ class Site:
 
     kind: str
     target: str
-    key: str
-    signature: str
+    key: signature.Key  # the call signature (twinkle.kernel.signature.call_key): what a verdict is bound to
+    signature: str  # its short human form
     inputs: dict[str, Any]  # JSON description
     args: tuple[Any, ...]  # the first call's inputs, cloned
     kwargs: dict[str, Any]
@@ -37,6 +36,7 @@ class Site:
     module: nn.Module | None = None  # layers: the instance
     module_class: str | None = None
     per_path: dict[str, int] = field(default_factory=dict)  # layers: calls per instance with this signature
+    sets: dict[str, int] = field(default_factory=dict)  # input set -> calls per step with this signature
 
 
 def clone_inputs(value: Any) -> Any:
@@ -57,29 +57,34 @@ class _Recorder:
     """Sites keyed by (target, layer class, input signature): identical inputs on several instances of a class are
     kept (and their tensors copied) once, on the first instance, with the calls counted per instance."""
 
-    def __init__(self) -> None:
-        self.sites: dict[tuple[str, str | None, str], Site] = {}
+    def __init__(self, sites: dict[tuple[str, str | None, Any], Site] | None = None, input_set: str = "default"
+                 ) -> None:
+        self.sites = {} if sites is None else sites
+        self.input_set = input_set
 
     def record(self, kind: str, target: str, path: str | None, module: nn.Module | None,
                args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        k = signature.key(args, kwargs)
+        k = signature.call_key(args, kwargs, module.training if module is not None else None)
         module_class = f"{type(module).__module__}.{type(module).__qualname__}" if module is not None else None
         site = self.sites.get((target, module_class, k))
         if site is None:
-            site = Site(kind=kind, target=target, key=k, signature=signature.short(args, kwargs),
+            site = Site(kind=kind, target=target, key=k, signature=signature.text(k),
                         inputs={"args": signature.describe(args), "kwargs": signature.describe(kwargs)},
                         args=clone_inputs(args), kwargs=clone_inputs(kwargs), path=path, module=module,
                         module_class=module_class)
             self.sites[(target, module_class, k)] = site
         site.calls += 1
+        site.sets[self.input_set] = site.sets.get(self.input_set, 0) + 1
         if path is not None:
             site.per_path[path] = site.per_path.get(path, 0) + 1
 
 
 def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Candidate]],
-            functions: dict[str, list[Candidate]]) -> list[Site]:
-    """Run ``run()`` once, recording every call of the given layer and function targets."""
-    rec = _Recorder()
+            functions: dict[str, list[Candidate]], input_set: str = "default",
+            sites: dict[tuple[str, str | None, Any], Site] | None = None) -> list[Site]:
+    """Run ``run()`` once, recording every call of the given layer and function targets (added to ``sites``, the
+    sites of earlier input sets: a signature seen in several sets is one site)."""
+    rec = _Recorder(sites, input_set)
     handles = []
     restore: list[tuple[Any, str, Any]] = []
     try:

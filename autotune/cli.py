@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twinkle.kernel.device import DEVICES
 from twinkle.kernel.mode import MODES
-from twinkle.kernel.profile import write_json_atomic
+from twinkle.kernel.profile import save_profile
 
 from .errors import TuneError
 from .tuner import OBJECTIVES, Progress, TuneSettings, autotune
@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Time every registered candidate kernel against the original code on this device and the "
                     "model's real input shapes, check it matches, and write the winners to a JSON profile.")
     p.add_argument("model_py", metavar="MODEL_PY",
-                   help="a .py file defining build_model() and example_inputs(); importing it registers candidates")
+                   help="a .py file defining build_model() and example_inputs() (or input_sets(): {name: inputs}); "
+                        "importing it registers candidates")
     p.add_argument("--device", choices=DEVICES, help="device to tune on (default: cuda when available, else cpu)")
     p.add_argument("--mode", default="inference", choices=MODES + ("training",), help="default: inference")
     p.add_argument("--profile", type=Path, help="profile to write (default: profiles/<stem>.json)")
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .model_file import load_model_file
 
         model_file = load_model_file(args.model_py)
-        model, inputs = model_file.build()
+        model, inputs, sets = model_file.build()
         stem = model_file.stem
         mode = "train" if args.mode == "training" else args.mode
         settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, patience=args.patience,
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 study_name=f"{stem}-{args.device or 'auto'}-{mode}", time_limit_s=args.time_limit,
                                 tolerances=model_file.tolerances())
         with _progress(args.quiet, console) as progress:
-            profile = autotune(model, inputs, settings, model_name=args.model_py, progress=progress)
+            profile = autotune(model, inputs, settings, sets=sets, model_name=args.model_py, progress=progress)
     except TuneError as exc:
         err.print(f"[bold red]twinkle-tune:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     profile_path = args.profile or Path("profiles") / f"{stem}.json"
     report_dir = args.report_dir or Path("reports") / stem
-    write_json_atomic(profile_path, profile)
+    save_profile(profile, profile_path)
     from .report import render_console, save_reports
 
     written = save_reports(profile, report_dir)

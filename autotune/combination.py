@@ -9,15 +9,17 @@ recorded (the per-call tolerances do not apply to a whole model, whose rounding 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
 from twinkle.kernel import kernelize_model, unkernelize
-from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION
+from twinkle.kernel.profile import ClassRef, Decision, Environment, Profile, Target
 
 from . import search
 from .capture import clone_inputs
@@ -33,32 +35,46 @@ if TYPE_CHECKING:
 logger = logging.getLogger("twinkle.autotune")
 
 
-def entry_key(entry: dict[str, Any]) -> str:
-    """A name for one profile target in combinations: the target, plus its first module for per-instance splits."""
-    if entry.get("modules"):
-        return f"{entry['name']}[{entry['modules'][0]}]"
-    return entry["name"]
+@dataclass
+class Draft:
+    """A decision in the making: the tuner's verdict at one signature, which the end-to-end choice may change."""
+
+    kind: str
+    name: str
+    module_class: ClassRef | None
+    decision: Decision
+
+    @property
+    def key(self) -> str:
+        """Its name in combinations: the target (and class), and the signature."""
+        cls = f"[{self.module_class.qualname}]" if self.module_class else ""
+        return f"{self.name}{cls} @ {self.decision.text}"
 
 
-def combination_profile(entries: list[dict[str, Any]], choices: dict[str, str | None], env: dict[str, Any],
-                        device: str, mode: str) -> dict[str, Any]:
-    """A minimal in-memory profile that applies exactly ``choices`` (entry key -> candidate id or None)."""
-    targets = []
-    for e in entries:
-        t = {"name": e["name"], "kind": e["kind"], "winner": choices.get(entry_key(e))}
-        if e.get("modules"):
-            t["modules"] = e["modules"]
-        targets.append(t)
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "mode": mode, "device": device,
-            "environment": env, "targets": targets}
+def combination_profile(drafts: list[Draft], choices: dict[str, str | None], env: Environment, device: str,
+                        mode: str, input_set: str) -> Profile:
+    """An in-memory profile that applies exactly ``choices`` (draft key -> candidate id or None)."""
+    grouped: dict[tuple[str, str, str | None], list[Decision]] = {}
+    refs: dict[tuple[str, str, str | None], ClassRef | None] = {}
+    for d in drafts:
+        winner = choices.get(d.key)
+        key = (d.kind, d.name, d.module_class.path if d.module_class else None)
+        refs[key] = d.module_class
+        grouped.setdefault(key, []).append(dataclasses.replace(
+            d.decision, winner=winner, basis="search" if winner else None, reason="a combination tried end to end"))
+    targets = tuple(Target(k[0], k[1], tuple(ds), refs[k]) for k, ds in grouped.items())
+    return Profile(mode=mode, device=device, environment=env, targets=targets, sets=(input_set,),
+                   end_to_end={input_set: {"chosen": "search"}}, origin=f"<combination on {input_set}>")
 
 
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env: dict[str, Any], device: str,
-                mode: str, timer: Timer, s: TuneSettings, report: Progress) -> dict[str, Any]:
-    """Search combinations, then time baseline, per-target pick and search pick interleaved, and choose."""
+def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[str], input_set: str,
+               env: Environment, device: str, mode: str, timer: Timer, s: TuneSettings,
+               report: Progress) -> dict[str, Any]:
+    """On one input set: search combinations of its decisions, time baseline, per-target pick and search pick
+    interleaved, and choose. Decisions in ``decided`` (settled on an earlier set) keep their winners."""
     # The model's inputs as given, kept aside: a kernel that overwrites its inputs may write into them.
     inputs = clone_inputs((step.args, step.kwargs))
     whole = Step(model, *clone_inputs(inputs), mode, step.params, s.seed)
@@ -68,10 +84,11 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
         unkernelize(model)
         if any(choices.values()):
             kernelize_model(model, mode=mode, device=device, use_fallback=False,
-                            profile=combination_profile(entries, choices, env, device, mode))
+                            profile=combination_profile(drafts, choices, env, device, mode, input_set))
         whole.restore_inputs(inputs)
 
-    per_target = {entry_key(e): e["winner"] for e in entries}
+    settled = {d.key: d.decision.winner for d in drafts if d.key in decided}
+    per_target = {d.key: d.decision.winner for d in drafts}
     combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
 
     quick = timer.quick()
@@ -92,19 +109,21 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
     if any(per_target.values()):
         combos["per-target"] = per_target
     summary: dict[str, Any] = {"trials": []}
-    space = {entry_key(e): [None] + [c["id"] for c in e["candidates"] if c["error"] is None and c["matches"]]
-             for e in entries}
+    space = {d.key: [None] + [r.id for r in d.decision.candidates if r.error is None and r.matches]
+             for d in drafts if d.key not in decided}
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
         started = time.perf_counter()
-        found = search.run(run_trial, space, per_target, s, report, pool_combinations(space))
+        found = search.run(lambda choices: run_trial({**choices, **settled}), space, per_target, s, report,
+                           pool_combinations(space))
         summary["search_s"] = time.perf_counter() - started
         summary["trials"] = found.trials
         summary["stopped_early"] = found.stopped_early
         if found.pareto is not None:
             summary["pareto"] = found.pareto
-        if found.best is not None and all(found.best != c for c in combos.values()):
-            combos["search"] = found.best
+        best = None if found.best is None else {**found.best, **settled}
+        if best is not None and all(best != c for c in combos.values()):
+            combos["search"] = best
 
     report("end-to-end", 0, 1)
     contenders = {name: Contender(whole, setup=lambda c=choices: apply(c)) for name, choices in combos.items()}
@@ -145,17 +164,23 @@ def end_to_end(model: nn.Module, step: Step, entries: list[dict[str, Any]], env:
     final = combos[chosen]
     dropped = {name: summary[name.replace("-", "_") + "_dropped"] for name in ("search", "per-target")
                if name.replace("-", "_") + "_dropped" in summary}
-    for e in entries:
-        choice = final.get(entry_key(e))
-        if chosen == "baseline" and e["winner"] is not None:
+    for d in drafts:
+        if d.key in decided:
+            continue
+        dec, choice = d.decision, final.get(d.key)
+        if chosen == "baseline" and dec.winner is not None:
             why = (f"the per-target winners together gave {dropped['per-target']}" if "per-target" in dropped
                    else "the per-target winners together were slower than the original end to end")
-            e["reason"] = f"{e['reason']}; but {why}, so the original is kept"
+            d.decision = dataclasses.replace(dec, winner=None, basis=None,
+                                             reason=f"{dec.reason}; but {why}, so the original is kept")
         elif chosen == "per-target" and "search" in dropped:
-            e["reason"] = f"{e['reason']}; the search's combination was dropped: it gave {dropped['search']}"
-        elif chosen == "search" and choice != e["winner"]:
-            e["reason"] = f"end-to-end search chose {choice or 'the original'} (per-target pick: {e['winner']})"
-        e["winner"] = choice
+            d.decision = dataclasses.replace(
+                dec, reason=f"{dec.reason}; the search's combination was dropped: it gave {dropped['search']}")
+        elif chosen == "search" and choice != dec.winner:
+            basis = None if choice is None else "search" if s.objective == "latency" else "memory"
+            d.decision = dataclasses.replace(
+                dec, winner=choice, basis=basis,
+                reason=f"end-to-end search chose {choice or 'the original'} (per-target pick: {dec.winner})")
     return summary
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from twinkle.kernel.profile import write_json_atomic
+from twinkle.kernel.profile import Profile, load_profile, parse, save_profile
 
 from .errors import TuneError
 from .tuner import TuneSettings, autotune
@@ -46,7 +46,7 @@ def launched_rank() -> int:
         return 0
 
 
-def _share(payload: dict[str, Any] | None, group: tuple[Any, int]) -> dict[str, Any]:
+def _share(payload: dict[str, Any] | None, group: tuple[Any, int]) -> Profile:
     """Broadcast rank 0's ``{"profile": text}`` or ``{"error": text}`` to every rank; raise the error everywhere."""
     dist, _ = group
     box = [payload]
@@ -55,13 +55,12 @@ def _share(payload: dict[str, Any] | None, group: tuple[Any, int]) -> dict[str, 
     if not isinstance(message, dict) or "profile" not in message:
         error = message.get("error") if isinstance(message, dict) else "nothing was received from rank 0"
         raise TuneError(f"tuning on rank 0 failed: {error}")
-    profile: dict[str, Any] = json.loads(message["profile"])
-    return profile
+    return parse(json.loads(message["profile"]), "<profile from rank 0>")
 
 
 def tune_on_rank0(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], settings: TuneSettings | None = None,
-                  path: str | os.PathLike[str] | None = None, *, model_name: str | None = None) -> dict[str, Any]:
-    """Tune on rank 0 (writing ``path`` there, atomically); return the same profile dict on every rank.
+                  path: str | os.PathLike[str] | None = None, *, model_name: str | None = None) -> Profile:
+    """Tune on rank 0 (writing ``path`` there, atomically); return the same profile on every rank.
 
     Every rank must call it (it is a collective). A failure on rank 0 is raised as TuneError on all ranks, so no
     rank goes on with a profile the others lack. Other ranks' ``model`` and ``inputs`` are not used.
@@ -70,26 +69,26 @@ def tune_on_rank0(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], se
     if group is None:
         profile = autotune(model, inputs, settings, model_name=model_name)
         if path is not None:
-            write_json_atomic(path, profile)
+            save_profile(profile, path)
         return profile
     payload: dict[str, Any] | None = None
     if group[1] == 0:
         try:
             profile = autotune(model, inputs, settings, model_name=model_name)
             if path is not None:
-                write_json_atomic(path, profile)
-            payload = {"profile": json.dumps(profile)}
+                save_profile(profile, path)
+            payload = {"profile": json.dumps(profile.to_json())}
         except Exception as exc:  # every rank must learn of it, or the others would wait forever
             payload = {"error": f"{type(exc).__name__}: {exc}"}
             logger.error("rank 0: tuning failed: %s", payload["error"])
     return _share(payload, group)
 
 
-def load_shared_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Rank 0 reads the profile at ``path`` and every rank receives the same dict (no shared filesystem needed)."""
+def load_shared_profile(path: str | os.PathLike[str]) -> Profile:
+    """Rank 0 reads the profile at ``path`` and every rank receives the same one (no shared filesystem needed)."""
     group = _group()
     if group is None:
-        return dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return load_profile(path)
     payload: dict[str, Any] | None = None
     if group[1] == 0:
         try:

@@ -23,18 +23,29 @@ class ModelFile:
     def stem(self) -> str:
         return self.path.stem
 
-    def build(self) -> tuple[Any, Any]:
-        """``(build_model(), example_inputs())``; errors name the file and the function."""
+    def build(self) -> tuple[Any, Any, dict[str, Any] | None]:
+        """``(build_model(), example_inputs(), None)``, or ``(build_model(), None, input_sets())`` when the file
+        defines ``input_sets()``; errors name the file and the function."""
         import torch.nn as nn
 
         model = self._call("build_model")
         if not isinstance(model, nn.Module):
             raise TuneError(f"{self.path}: build_model() must return an nn.Module, got {type(model).__name__}")
+        if callable(getattr(self.module, "input_sets", None)):
+            sets = self._call("input_sets")
+            if not isinstance(sets, dict) or not sets:
+                raise TuneError(f"{self.path}: input_sets() must return a non-empty dict {{name: inputs}}, got "
+                                f"{type(sets).__name__}")
+            for name, value in sets.items():
+                if not isinstance(name, str) or not isinstance(value, (tuple, dict)):
+                    raise TuneError(f"{self.path}: input_sets()[{name!r}] must be a tuple of positional inputs or a "
+                                    f"dict of keyword inputs (keyed by a string name), got {type(value).__name__}")
+            return model, None, sets
         inputs = self._call("example_inputs")
         if not isinstance(inputs, (tuple, dict)):
             raise TuneError(f"{self.path}: example_inputs() must return a tuple of positional inputs or a dict of "
                             f"keyword inputs, got {type(inputs).__name__}")
-        return model, inputs
+        return model, inputs, None
 
     def tolerances(self) -> dict[str, dict[str, float]] | None:
         tol = getattr(self.module, "TOLERANCES", None)
@@ -46,7 +57,7 @@ class ModelFile:
         fn = getattr(self.module, name, None)
         if not callable(fn):
             raise TuneError(f"{self.path}: defines no {name}(); MODEL_PY must define build_model() and "
-                            "example_inputs()")
+                            "example_inputs() (or input_sets())")
         try:
             return fn()
         except Exception as exc:

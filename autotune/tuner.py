@@ -1,7 +1,8 @@
-"""The tuner: capture -> dedupe -> measure -> match -> choose -> end-to-end search -> profile (a dict).
+"""The tuner: capture -> dedupe -> measure -> match -> choose -> end-to-end search -> profile (typed records).
 
-``autotune(model, inputs, ...)`` returns the profile described in docs/profile.md; writing it is the caller's
-(``twinkle.kernel.profile.write_json_atomic``), so that a failed run never leaves one behind.
+``autotune(model, inputs, ...)`` returns the ``Profile`` described in docs/profile.md, one decision per target and
+call signature; writing it is the caller's (``twinkle.kernel.profile.save_profile``), so that a failed run never
+leaves one behind.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from twinkle.kernel import unkernelize
 from twinkle.kernel.device import parse_device
 from twinkle.kernel.layer import layer_problem
 from twinkle.kernel.mode import is_train, parse_mode
-from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION, fingerprint
+from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
 from twinkle.kernel.registry import REGISTRY, Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
 from .capture import Site, capture, clone_inputs
 from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
-from .combination import end_to_end
+from .combination import Draft, end_to_end
 from .errors import TuneError
 from .match import Comparison, compare, tolerances
 from .measure import Contender, Timer, TimerSettings, Timing, time_limit
@@ -94,6 +95,8 @@ class _Measured:
     bytes: int | None = None  # the original's: what one call reads and writes at least (forward-only modes)
     overwrites_inputs: bool = False  # the kernel declares it writes into its inputs (allowed, and reported)
     seconds: float = 0.0  # wall time spent on it: a candidate's load and check (compiles included); a site's all
+    code: str | None = None  # the identity of the candidate's code, once loaded (twinkle.kernel.identity)
+    commit: str | None = None  # Hub candidates: the commit loaded
 
 
 def _targets(device: str, mode: str) -> tuple[dict[str, list[Candidate]], dict[str, list[Candidate]]]:
@@ -108,10 +111,36 @@ def _targets(device: str, mode: str) -> tuple[dict[str, list[Candidate]], dict[s
     return pools("layer"), pools("function")
 
 
-def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], settings: TuneSettings | None = None, *,
-             model_name: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Tune the registered candidates for ``model`` on ``inputs``; return the profile dict (not written)."""
+Inputs = tuple[Any, ...] | dict[str, Any]
+
+
+def input_sets(inputs: Inputs | None, sets: dict[str, Inputs] | None) -> dict[str, Inputs]:
+    """The named input sets to tune on: ``sets`` as given, else ``{"default": inputs}``; each a tuple of positional
+    inputs or a dict of keyword inputs."""
+    if sets is None:
+        if inputs is None:
+            raise TuneError("give the model's inputs (a tuple or a dict) or input sets ({name: inputs})")
+        sets = {"default": inputs}
+    elif inputs is not None:
+        raise TuneError("give inputs or input sets, not both")
+    if not isinstance(sets, dict) or not sets:
+        raise TuneError(f"input sets must be a non-empty dict {{name: inputs}}, got {type(sets).__name__}")
+    for name, value in sets.items():
+        if not isinstance(name, str) or not name.strip():
+            raise TuneError(f"input set names must be non-empty strings, got {name!r}")
+        if not isinstance(value, (tuple, dict)):
+            raise TuneError(f"input set {name!r} must be a tuple of positional inputs or a dict of keyword inputs, "
+                            f"got {type(value).__name__}")
+    return sets
+
+
+def autotune(model: nn.Module, inputs: Inputs | None = None, settings: TuneSettings | None = None, *,
+             sets: dict[str, Inputs] | None = None, model_name: str | None = None,
+             progress: Progress | None = None) -> Profile:
+    """Tune the registered candidates for ``model`` on ``inputs`` (or on each of the named input ``sets``);
+    return the profile (not written): per target, one decision per call signature measured."""
     s = settings or TuneSettings()
+    named = input_sets(inputs, sets)
     device = parse_device(s.device) if s.device else ("cuda" if torch.cuda.is_available() else "cpu")
     mode = parse_mode(s.mode)
     if s.objective not in OBJECTIVES:
@@ -133,18 +162,23 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     unkernelize(model)
     model = model.to(tdev)
     model.train(is_train(mode))
-    inputs = to_device(inputs, tdev)
-    args, kwargs = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
-    step = Step(model, args, kwargs, mode, list(model.parameters()), s.seed)
+    steps = {}
+    for name, value in named.items():
+        value = to_device(value, tdev)
+        args, kwargs = (value, {}) if isinstance(value, tuple) else ((), value)
+        steps[name] = Step(model, args, kwargs, mode, list(model.parameters()), s.seed)
     report = progress or (lambda stage, done, total: None)
 
     layers, functions = _targets(device, mode)
     if not layers and not functions:
         raise TuneError(f"no candidate kernel is registered for device {device} and mode {mode}")
     started = time.perf_counter()
-    report("capture", 0, 1)
-    sites = capture(model, step, layers, functions)
-    report("capture", 1, 1)
+    report("capture", 0, len(steps))
+    index: dict[Any, Site] = {}
+    for i, (name, step) in enumerate(steps.items()):
+        capture(model, step, layers, functions, name, index)
+        report("capture", i + 1, len(steps))
+    sites = list(index.values())
     captured = time.perf_counter()
     if not sites:
         names = ", ".join(sorted(layers) + sorted(functions))
@@ -154,40 +188,47 @@ def autotune(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any], setting
     pools = {**{("layer", k): v for k, v in layers.items()}, **{("function", k): v for k, v in functions.items()}}
     total = sum(1 + len(pools[(site.kind, site.target)]) for site in sites)
     done = 0
-    results: list[tuple[Site, _Measured, dict[str, _Measured]]] = []
+    drafts: list[Draft] = []
+    copy_gbps = None if is_train(mode) else copy_bandwidth_gbps(tdev, COPY_BYTES if device != "cpu" else 2**25)
     for site in sites:
-        fallback, per_cand = _measure_site(site, pools[(site.kind, site.target)], device, mode, timer, tol, s,
+        cands = pools[(site.kind, site.target)]
+        fallback, per_cand = _measure_site(site, cands, device, mode, timer, tol, s,
                                            lambda: report("measure", done, total))
         done += 1 + len(per_cand)
         report("measure", done, total)
-        results.append((site, fallback, per_cand))
+        drafts.append(Draft(site.kind, site.target, ClassRef.of(type(site.module)) if site.module is not None
+                            else None, _decision(site, fallback, per_cand, cands, s, copy_gbps)))
     measured = time.perf_counter()
 
-    copy_gbps = None if is_train(mode) else copy_bandwidth_gbps(tdev, COPY_BYTES if device != "cpu" else 2**25)
-    entries = _entries(results, pools, s, copy_gbps)
-    env = fingerprint(device, _dtype(model))
-    summary = end_to_end(model, step, entries, env, device, mode, timer, s, report)
+    env = environment(device)
+    summaries: dict[str, Any] = {}
+    decided: set[str] = set()  # decisions an earlier input set's end-to-end choice settled
+    search_s = 0.0
+    for name, step in steps.items():
+        mine = [d for d in drafts if name in d.decision.sets]
+        summaries[name] = end_to_end(model, step, mine, decided, name, env, device, mode, timer, s, report)
+        search_s += summaries[name].pop("search_s", 0.0)
+        decided.update(d.key for d in mine)
     zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind
     end = time.perf_counter()
-    search_s = summary.pop("search_s", 0.0)
     seconds = {"capture": captured - started, "measure": measured - captured, "search": search_s,
                "end_to_end": end - measured - search_s, "total": end - started}
-    return {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_name, "mode": mode, "device": device, "environment": env,
-        "settings": {"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
-                     "patience": s.patience, "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
-        "roofline": {"copy_bandwidth_gbps": copy_gbps},
-        "end_to_end": summary, "targets": entries, "seconds": seconds,
-    }
+    return Profile(
+        mode=mode, device=device, environment=env, targets=_targets_of(drafts), model=model_name,
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}", sets=tuple(steps),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        settings={"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
+                  "patience": s.patience, "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
+        end_to_end=summaries, roofline={"copy_bandwidth_gbps": copy_gbps}, seconds=seconds)
 
 
-def _dtype(model: nn.Module) -> str | None:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return str(p.dtype).removeprefix("torch.")
-    return None
+def _targets_of(drafts: list[Draft]) -> tuple[Target, ...]:
+    """The profile's targets: per layer kernel_name and module class, or per function, its decisions."""
+    grouped: dict[tuple[str, str, str | None], list[Draft]] = {}
+    for d in drafts:
+        grouped.setdefault((d.kind, d.name, d.module_class.path if d.module_class else None), []).append(d)
+    return tuple(Target(kind, name, tuple(d.decision for d in ds), ds[0].module_class)
+                 for (kind, name, _), ds in grouped.items())
 
 
 def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, timer: Timer,
@@ -224,6 +265,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         try:
             with time_limit(s.time_limit_s):  # loading runs the kernel's own code too (a repo's load(), imports)
                 kernel = cand.load(device)
+                m.code, m.commit = cand.identity(device, kernel)
             problem = capability_problem(cand, kernel, mode)
             if problem is None and site.kind == "layer":
                 assert site.module is not None
@@ -347,93 +389,43 @@ def _kernel_call(site: Site, kernel: Any) -> Callable[..., Any]:
     return kernel
 
 
-# ------------------------------------------------------------------------------------------------ entries
+# ------------------------------------------------------------------------------------------------ decisions
 
 
-def _entries(results: list[tuple[Site, _Measured, dict[str, _Measured]]],
-             pools: dict[tuple[str, str], list[Candidate]], s: TuneSettings,
-             copy_gbps: float | None = None) -> list[dict[str, Any]]:
-    """Profile targets: one per function target; per layer target one per group of instances with equal inputs."""
-    by_target: dict[tuple[str, str], list[tuple[Site, _Measured, dict[str, _Measured]]]] = {}
-    for r in results:
-        by_target.setdefault((r[0].kind, r[0].target), []).append(r)
-    entries = []
-    for (kind, name), rs in by_target.items():
-        groups: list[tuple[list[str] | None, list[tuple[Site, _Measured, dict[str, _Measured]]], list[int]]]
-        if kind == "function":
-            groups = [(None, rs, [r[0].calls for r in rs])]
-        else:
-            groups = _instance_groups(rs)
-        for modules, members, calls in groups:
-            entries.append(_entry(kind, name, modules, members, calls, pools[(kind, name)], s, copy_gbps))
-    return entries
-
-
-def _instance_groups(rs: list[tuple[Site, _Measured, dict[str, _Measured]]]) -> list[Any]:
-    """Group layer instances by the set of input signatures they see; one group means no per-instance split."""
-    keys_by_path: dict[str, set[int]] = {}
-    for i, (site, _, _) in enumerate(rs):
-        for path in site.per_path:
-            keys_by_path.setdefault(path, set()).add(i)
-    groups: dict[frozenset[int], list[str]] = {}
-    for path, idx in keys_by_path.items():
-        groups.setdefault(frozenset(idx), []).append(path)
-    out = []
-    for idx, paths in groups.items():
-        members = [rs[i] for i in sorted(idx)]
-        calls = [sum(n for p, n in rs[i][0].per_path.items() if p in paths) for i in sorted(idx)]
-        out.append((sorted(paths) if len(groups) > 1 else None, members, calls))
-    return out
-
-
-def _entry(kind: str, name: str, modules: list[str] | None, members: list[tuple[Site, _Measured, dict[str, _Measured]]],
-           calls: list[int], cands: list[Candidate], s: TuneSettings, copy_gbps: float | None = None) -> dict[str, Any]:
-    fallback_error = next((fb.error for _, fb, _ in members if fb.error), None)
-    moved = [fb.bytes for _, fb, _ in members]
-    step_bytes = sum(b * n for b, n in zip(moved, calls)) if all(b is not None for b in moved) else None  # type: ignore[operator]
-    fb_w = None if fallback_error else Weighted(tuple(fb.timing.samples for _, fb, _ in members),  # type: ignore[union-attr]
-                                               tuple(calls))
-    scored, cand_rows = [], []
+def _decision(site: Site, fallback: _Measured, per_cand: dict[str, _Measured], cands: list[Candidate],
+              s: TuneSettings, copy_gbps: float | None = None) -> Decision:
+    """The verdict at one call signature: each candidate's figures and match, and the winner (or the original)."""
+    calls = site.calls
+    step_bytes = fallback.bytes * calls if fallback.bytes is not None else None
+    fb_w = None if fallback.error else Weighted((fallback.timing.samples,), (calls,))  # type: ignore[union-attr]
+    scored, rows = [], []
     for cand in cands:
-        ms = [per[cand.id] for _, _, per in members]
-        error = next((m.error for m in ms if m.error), None)
-        row: dict[str, Any] = {"id": cand.id, "source": cand.source.kind, "median_ms": None, "spread": None,
-                               "speedup": None, "speedup_ci": None, "significant": False, "matches": False,
-                               "max_abs_err": None, "error": error}
+        m = per_cand[cand.id]
+        row: dict[str, Any] = {"id": cand.id, "source": cand.source.kind, "code": m.code, "commit": m.commit,
+                               "error": m.error, "overwrites_inputs": m.overwrites_inputs, "check_s": m.seconds}
         ci = None
-        if error is None and fb_w is not None:
-            w = Weighted(tuple(m.timing.samples for m in ms), tuple(calls))  # type: ignore[union-attr]
-            comps = [m.comparison for m in ms]
-            mismatch = next((c.detail for c in comps if c is not None and not c.matches), None)
-            errs = [c.max_abs_err for c in comps if c is not None and c.max_abs_err is not None]
+        if m.error is None and fb_w is not None:
+            w = Weighted((m.timing.samples,), (calls,))  # type: ignore[union-attr]
+            c = m.comparison
             speedup, lo, hi = speedup_ci(fb_w, w, s.seed)
             ci = (lo, hi)
-            row.update(median_ms=w.median_ms(), spread=w.spread_ms(), speedup=speedup, speedup_ci=[lo, hi],
-                       significant=lo > 1 + s.min_gain, matches=mismatch is None,
-                       max_abs_err=max(errs) if errs else None, mismatch=mismatch)
+            row.update(median_ms=w.median_ms(), spread=w.spread_ms(), speedup=speedup, speedup_ci=ci,
+                       significant=lo > 1 + s.min_gain, matches=c is not None and c.matches,
+                       max_abs_err=c.max_abs_err if c is not None else None,
+                       mismatch=c.detail if c is not None and not c.matches else None)
             row.update(achieved(step_bytes, row["median_ms"], copy_gbps))
-        if any(m.overwrites_inputs for m in ms):
-            row["overwrites_inputs"] = True
-        row["check_s"] = sum(m.seconds for m in ms)
-        scored.append(Scored(cand.id, row["median_ms"], row["speedup"], ci, row["matches"], error))
-        cand_rows.append(row)
-    if fallback_error:
-        winner, reason = None, f"the original raised on the captured inputs ({fallback_error})"
+        rows.append(Row(**row))
+        scored.append(Scored(cand.id, row.get("median_ms"), row.get("speedup"), ci, row.get("matches", False),
+                             m.error))
+    if fallback.error:
+        winner, reason = None, f"the original raised on the captured inputs ({fallback.error})"
     else:
         winner, reason = pick(scored, s.min_gain)
-    site0 = members[0][0]
-    entry: dict[str, Any] = {"name": name, "kind": kind}
-    if site0.module_class:
-        entry["module_class"] = site0.module_class
-    if modules is not None:
-        entry["modules"] = modules
-    entry.update({
-        "calls": sum(calls),
-        "inputs": [{"signature": site.signature, "calls": c, **site.inputs} for (site, _, _), c in zip(members, calls)],
-        "bytes_per_step": step_bytes,
-        "fallback": {"median_ms": fb_w.median_ms() if fb_w else None, "spread": fb_w.spread_ms() if fb_w else None,
-                     "error": fallback_error, **achieved(step_bytes, fb_w.median_ms() if fb_w else None, copy_gbps)},
-        "candidates": cand_rows, "winner": winner, "reason": reason,
-        "measure_s": sum(fb.seconds for _, fb, _ in members),
-    })
-    return entry
+    fb_ms = fb_w.median_ms() if fb_w else None
+    return Decision(
+        signature=site.key, text=site.signature, sets=tuple(site.sets), calls=calls,
+        baseline=Baseline(median_ms=fb_ms, spread=fb_w.spread_ms() if fb_w else None, error=fallback.error,
+                          **achieved(step_bytes, fb_ms, copy_gbps)),
+        candidates=tuple(rows), winner=winner, basis="faster" if winner else None, reason=reason,
+        modules=tuple(sorted(site.per_path)), inputs=site.inputs, bytes_per_step=step_bytes,
+        measure_s=fallback.seconds)

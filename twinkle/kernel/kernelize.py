@@ -6,6 +6,7 @@ layer) -> a plan of attribute changes -> applied in one transaction -> recorded 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import sys
@@ -19,12 +20,13 @@ from weakref import WeakKeyDictionary
 import torch.nn as nn
 
 from .device import default_device, infer_device, parse_device
+from .dispatch import FunctionDispatch, LayerDispatch, Verdicts
 from .errors import KernelError
 from .layer import class_path, layer_problem, matches
 from .mode import parse_mode
-from .profile import Profile, load_profile, mismatches
+from .profile import Profile, Target, load_profile, mismatches
 from .registry import REGISTRY, Candidate
-from .report import Entry, KernelReport
+from .report import Entry, KernelReport, Verdict
 from .selection import capability_problem, eligible
 
 logger = logging.getLogger("twinkle.kernel")
@@ -122,31 +124,71 @@ def _choose(target: str, cands: list[Candidate], device: str, mode: str, use_fal
     return None, None, reasons
 
 
-def _profile_filter(profile: Profile | None, kind: str, name: str, cands: list[Candidate],
-                    path: str | None = None) -> tuple[list[Candidate], str | None, str]:
-    """Restrict candidates to the profile's winner. Returns (candidates, reason, status if none applies)."""
-    if profile is None:
-        return cands, None, "original"
-    choices = profile.for_target(kind, name)
-    if path is not None:
-        exact = [c for c in choices if c.modules is not None and path in c.modules]
-        choices = exact or [c for c in choices if c.modules is None]
-    if not choices:
-        return [], f"not tuned: the profile {profile.origin} does not cover this target", "not tuned"
-    winner = choices[0].winner
-    if winner is None:
-        return [], "the profile measured the original as fastest (or no candidate matched it)", "original"
-    picked = [c for c in cands if c.id == winner]
-    if not picked:
-        return [], f"the profile's winner {winner} is not registered for this device and mode now", "original"
-    return picked, None, "original"
+def _verdicts(profile: Profile, target: Target, cands: list[Candidate], device: str, mode: str,
+              use_fallback: bool, check: Callable[[Any], str | None], layer: bool,
+              count: bool) -> tuple[Verdicts, list[Verdict], list[str]]:
+    """The profile's winners for ``target`` that may run here: per signature, the winner's kernel when it is
+    registered for this device and mode now, loads (a Hub winner at the commit measured), suits the mode and is the
+    code that was measured; else the original. Returns the table, one line per signature, and what was skipped."""
+    by_id = {c.id: c for c in cands}
+    loaded: dict[tuple[str, str | None], tuple[Any, str | None]] = {}  # (id, commit) -> (kernel, why not)
+    exact: dict[Any, Any] = {}
+    ranges = []
+    lines: list[Verdict] = []
+    skipped: list[str] = []
+    for d in target.decisions:
+        if d.winner is None:
+            lines.append(Verdict(d.text, None, d.reason))
+            continue
+        row = d.row(d.winner)
+        assert row is not None  # load_profile's guards
+        cand = by_id.get(d.winner)
+        if cand is None:
+            why = f"its winner {d.winner} is not registered for device {device} and mode {mode} now"
+            lines.append(Verdict(d.text, None, why))
+            skipped.append(f"{d.text}: {why}")
+            continue
+        if (cand.id, row.commit) not in loaded:
+            loaded[(cand.id, row.commit)] = _measured_kernel(cand, row.code, row.commit, device, mode, check)
+        kernel, why = loaded[(cand.id, row.commit)]
+        if why is not None:
+            if not use_fallback:
+                raise KernelError(target.name, why, cand.id)
+            lines.append(Verdict(d.text, None, why))
+            skipped.append(f"{cand.id}: {why}")
+            continue
+        fn = kernel.forward if layer else kernel
+        exact[d.signature] = fn
+        if d.range is not None:
+            ranges.append((d.range, d.signature, fn))
+        lines.append(Verdict(d.text, cand.id, d.reason, range=(d.range.low, d.range.high) if d.range else None))
+    return Verdicts(exact, tuple(ranges), count), lines, sorted(set(skipped))
+
+
+def _measured_kernel(cand: Candidate, code: str | None, commit: str | None, device: str, mode: str,
+                     check: Callable[[Any], str | None]) -> tuple[Any, str | None]:
+    """``cand``'s kernel as measured (Hub: at ``commit``), or None and why it may not run."""
+    pinned = cand.pinned(commit)
+    try:
+        kernel = pinned.load(device)
+        now, _ = pinned.identity(device, kernel)
+    except Exception as exc:
+        at = f" at the commit measured ({commit})" if commit else ""
+        return None, f"cannot be loaded{at}: {exc}"
+    problem = capability_problem(cand, kernel, mode) or check(kernel)
+    if problem:
+        return None, f"refused: {problem}"
+    if now != code:
+        return None, (f"its code changed since it was measured (measured: {code}; now: {now}); the original runs "
+                      "until twinkle-tune measures it again")
+    return kernel, None
 
 
 # ------------------------------------------------------------------------------------------------- layers
 
 
 def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, profile: Profile | None,
-                 plan: _Plan) -> None:
+                 count: bool, plan: _Plan) -> None:
     pools = {name: eligible(cands, device, mode) for name, cands in REGISTRY.targets("layer").items()}
     class_match: dict[type, tuple[str, list[Candidate], list[str]] | None] = {}
     groups: dict[tuple[str, type], list[tuple[str, nn.Module]]] = {}
@@ -169,40 +211,67 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
             for _, module in members:
                 _plan_layer_restore(module, plan)
             continue
-        split: dict[tuple[tuple[str, ...], str | None, str], list[tuple[str, nn.Module]]] = {}
-        if profile is None:  # every instance of the class gets the same candidates
-            split[(tuple(c.id for c in cands), None, "original")] = members
-        else:  # a profile may pick per instance
-            for path, module in members:
-                picked, note, status = _profile_filter(profile, "layer", name, cands, path)
-                split.setdefault((tuple(c.id for c in picked), note, status), []).append((path, module))
-        for (ids, note, status), subset in split.items():
-            picked = [c for c in cands if c.id in ids]
-            key = (name, cls, ids)
-            if key not in choice_cache:
-                choice_cache[key] = _choose(name, picked, device, mode, use_fallback,
-                                            lambda layer, cls=cls: layer_problem(layer, cls))
-            cand, layer, reasons = choice_cache[key]
-            entry = Entry(kind="layer", target=name, status="applied" if cand else status, device=device, mode=mode,
-                          candidate=cand.id if cand else None, resolved=cand.source.resolved() if cand else None,
-                          module_class=class_path(cls), where=[p for p, _ in subset],
-                          reasons=reasons + why_not + ([note] if note else []))
-            plan.entries.append(entry)
-            if cand is None:
-                if ids and not use_fallback:
-                    raise KernelError(name, "no candidate could be applied: " + "; ".join(reasons))
-                if reasons:
-                    logger.warning("layer %s on %s: keeping the original; %s", name, cls.__qualname__,
-                                   "; ".join(reasons))
-                for _, module in subset:
-                    _plan_layer_restore(module, plan)
-                continue
+        if profile is not None:
+            _plan_layer_verdicts(profile, name, cls, cands, why_not, members, device, mode, use_fallback, count,
+                                 plan)
+            continue
+        key = (name, cls, tuple(c.id for c in cands))
+        if key not in choice_cache:
+            choice_cache[key] = _choose(name, cands, device, mode, use_fallback,
+                                        lambda layer, cls=cls: layer_problem(layer, cls))
+        cand, layer, reasons = choice_cache[key]
+        entry = Entry(kind="layer", target=name, status="applied" if cand else "original", device=device, mode=mode,
+                      candidate=cand.id if cand else None, resolved=cand.source.resolved() if cand else None,
+                      module_class=class_path(cls), where=[p for p, _ in members], reasons=reasons + why_not)
+        plan.entries.append(entry)
+        if cand is None:
+            if not use_fallback:
+                raise KernelError(name, "no candidate could be applied: " + "; ".join(reasons))
             if reasons:
-                logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id,
-                               "; ".join(reasons))
-            cand_id = cand.id
-            for _, module in subset:
-                _plan_layer_patch(module, layer, cand_id, plan)
+                logger.warning("layer %s on %s: keeping the original; %s", name, cls.__qualname__, "; ".join(reasons))
+            for _, module in members:
+                _plan_layer_restore(module, plan)
+            continue
+        if reasons:
+            logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id, "; ".join(reasons))
+        for _, module in members:
+            _plan_layer_patch(module, MethodType(layer.forward, module), cand.id, plan)
+
+
+def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Candidate], why_not: list[str],
+                         members: list[tuple[str, nn.Module]], device: str, mode: str, use_fallback: bool,
+                         count: bool, plan: _Plan) -> None:
+    """Give every instance of ``cls`` a forward that runs, per call signature, the profile's winner for it."""
+    entry = Entry(kind="layer", target=name, status="original", device=device, mode=mode,
+                  module_class=class_path(cls), where=[p for p, _ in members], reasons=list(why_not))
+    plan.entries.append(entry)
+    target = profile.target("layer", name, cls)
+    if target is None:
+        measured = [t.module_class.path for t in profile.targets
+                    if t.kind == "layer" and t.name == name and t.module_class is not None]
+        entry.status = "not tuned"
+        entry.reasons.append(f"the profile {profile.origin} has no verdict for {class_path(cls)}"
+                             + (f" (it measured {name} on {', '.join(measured)} only)" if measured else ""))
+        for _, module in members:
+            _plan_layer_restore(module, plan)
+        return
+    verdicts, entry.verdicts, skipped = _verdicts(profile, target, cands, device, mode, use_fallback,
+                                                  lambda layer: layer_problem(layer, cls), True, count)
+    entry.reasons += skipped
+    if skipped:
+        logger.warning("layer %s on %s: the original runs where %s", name, cls.__qualname__, "; ".join(skipped))
+    if not verdicts.exact:
+        for _, module in members:
+            _plan_layer_restore(module, plan)
+        return
+    entry.status = "applied"
+    entry.candidate = ", ".join(sorted({v.kernel for v in entry.verdicts if v.kernel}))
+    entry.dispatch = verdicts
+    for _, module in members:
+        record = _LAYER_PATCHES.get(module)
+        previous = record.previous if record else vars(module).get("forward", _MISSING)
+        forward = LayerDispatch(module, verdicts, None if previous is _MISSING else previous)
+        _plan_layer_patch(module, forward, entry.candidate, plan)
 
 
 def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[Candidate, str]]]]
@@ -220,10 +289,10 @@ def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[C
     return ineligible
 
 
-def _plan_layer_patch(module: nn.Module, layer: type, cand_id: str, plan: _Plan) -> None:
+def _plan_layer_patch(module: nn.Module, forward: Any, cand_id: str, plan: _Plan) -> None:
     record = _LAYER_PATCHES.get(module)
     previous = record.previous if record else vars(module).get("forward", _MISSING)
-    plan.sets.append((module, "forward", MethodType(layer.forward, module)))
+    plan.sets.append((module, "forward", forward))
     plan.commits.append(lambda: _LAYER_PATCHES.__setitem__(module, _LayerPatch(cand_id, previous)))
 
 
@@ -253,7 +322,7 @@ def _aliases(module: ModuleType, func: str, original: Any) -> list[str]:
 
 
 def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile | None, patch_aliases: bool,
-                    plan: _Plan, only_module: str | None = None) -> list[str]:
+                    count: bool, plan: _Plan, only_module: str | None = None) -> list[str]:
     """Plan the function patches; returns the targets that get a kernel."""
     applied = []
     for target, cands in REGISTRY.targets("function").items():
@@ -281,26 +350,45 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
             _function_refused(entry, f"module {module_name} has no attribute {func!r}; twinkle.kernel patches "
                                      "existing functions and never creates one", use_fallback)
             continue
-        picked, note, entry.status = _profile_filter(profile, "function", target, ordered)
-        cand, kernel, reasons = _choose(target, picked, device, mode, use_fallback, lambda k: None)
-        entry.reasons = reasons + why_not + ([note] if note else [])
         # Aliases: modules holding the original, and those an earlier call patched (they hold the kernel now).
         # Never search for the kernel itself: its own repo module holds it under the same name.
         entry.aliases = sorted(set(_aliases(module, func, original)) | set(record.aliases if record else ()))
-        if cand is None:
-            if picked and not use_fallback:
-                raise KernelError(target, "no candidate could be applied: " + "; ".join(reasons))
+        if profile is not None:
+            found = profile.target("function", target)
+            if found is None:
+                entry.status = "not tuned"
+                entry.reasons = why_not + [f"the profile {profile.origin} has no verdict for {target}"]
+                _plan_function_restore(target, plan)
+                continue
+            verdicts, entry.verdicts, skipped = _verdicts(profile, found, ordered, device, mode, use_fallback,
+                                                          lambda k: None, False, count)
+            entry.reasons = skipped + why_not
+            if skipped:
+                logger.warning("function %s: the original runs where %s", target, "; ".join(skipped))
+            if not verdicts.exact:
+                _plan_function_restore(target, plan)
+                continue
+            cand_id = ", ".join(sorted({v.kernel for v in entry.verdicts if v.kernel}))
+            kernel: Any = FunctionDispatch(original, verdicts)
+            entry.dispatch = verdicts
+        else:
+            cand, kernel, reasons = _choose(target, ordered, device, mode, use_fallback, lambda k: None)
+            entry.reasons = reasons + why_not
+            if cand is None:
+                if not use_fallback:
+                    raise KernelError(target, "no candidate could be applied: " + "; ".join(reasons))
+                if reasons:
+                    logger.warning("function %s: keeping the original; %s", target, "; ".join(reasons))
+                _plan_function_restore(target, plan)
+                continue
             if reasons:
-                logger.warning("function %s: keeping the original; %s", target, "; ".join(reasons))
-            _plan_function_restore(target, plan)
-            continue
-        if reasons:
-            logger.warning("function %s: using %s; skipped %s", target, cand.id, "; ".join(reasons))
-        entry.status, entry.candidate, entry.resolved = "applied", cand.id, cand.source.resolved()
+                logger.warning("function %s: using %s; skipped %s", target, cand.id, "; ".join(reasons))
+            cand_id, entry.resolved = cand.id, cand.source.resolved()
+        entry.status, entry.candidate = "applied", cand_id
         entry.aliases_patched = patch_aliases
         alias_mods = entry.aliases if patch_aliases else []
         plan.sets.extend(_function_sets(target, module, func, kernel, original, alias_mods))
-        patch = _FunctionPatch(module_name, func, original, cand.id, alias_mods)
+        patch = _FunctionPatch(module_name, func, original, cand_id, alias_mods)
         plan.commits.append(lambda target=target, patch=patch: _FUNCTION_PATCHES.__setitem__(target, patch))
         applied.append(target)
     return applied
@@ -339,38 +427,32 @@ def _function_refused(entry: Entry, cause: str, use_fallback: bool) -> None:
 # ------------------------------------------------------------------------------------------------- public API
 
 
-def _dtype_of(model: nn.Module | None) -> str | None:
-    if model is None:
-        return None
-    for p in model.parameters():
-        if p.is_floating_point():
-            return str(p.dtype).removeprefix("torch.")
-    return None
-
-
 def _resolve_profile(profile: Any, device: str, mode: str, model: nn.Module | None,
                      use_fallback: bool) -> Profile | None:
+    """The profile, checked (bad input raises before anything changes); measured elsewhere: one warning, and
+    no verdict of it applies."""
     if profile is None:
         return None
     loaded = load_profile(profile)
-    diff = mismatches(loaded, device, mode, _dtype_of(model))
+    model_class = f"{type(model).__module__}.{type(model).__qualname__}" if model is not None else None
+    diff = mismatches(loaded, device, mode, model_class)
     if diff:
-        cause = f"profile {loaded.origin} was measured elsewhere ({'; '.join(diff)}); its timings do not hold here"
+        cause = f"profile {loaded.origin} was measured elsewhere ({'; '.join(diff)}); its verdicts do not hold here"
         if not use_fallback:
             raise KernelError("profile", cause)
-        logger.warning("%s: keeping the originals (re-run twinkle-tune here)", cause)
-        return Profile(loaded.origin, loaded.mode, loaded.device, loaded.environment, ())
+        logger.warning("%s: the originals run (re-run twinkle-tune here)", cause)
+        return dataclasses.replace(loaded, targets=())
     return loaded
 
 
 def _run(model: nn.Module | None, device: str, mode: str, use_fallback: bool, profile: Any, patch_aliases: bool,
-         only_module: str | None = None, functions: bool = True) -> tuple[KernelReport, list[str]]:
+         only_module: str | None = None, functions: bool = True, count: bool = False) -> tuple[KernelReport, list[str]]:
     with _LOCK:
         prof = _resolve_profile(profile, device, mode, model, use_fallback)
         plan = _Plan()
         if model is not None:
-            _plan_layers(model, device, mode, use_fallback, prof, plan)
-        applied = _plan_functions(device, mode, use_fallback, prof, patch_aliases, plan, only_module) \
+            _plan_layers(model, device, mode, use_fallback, prof, count, plan)
+        applied = _plan_functions(device, mode, use_fallback, prof, patch_aliases, count, plan, only_module) \
             if functions else []
         _apply(plan)
         layer_entries = [e for e in plan.entries if e.kind == "layer"]
@@ -386,13 +468,16 @@ def _run(model: nn.Module | None, device: str, mode: str, use_fallback: bool, pr
 
 
 def kernelize_model(model: nn.Module | None = None, mode: str = "inference", device: Any = None,
-                    use_fallback: bool = True, *, profile: Any = None, patch_aliases: bool = False) -> Any:
+                    use_fallback: bool = True, *, profile: Any = None, patch_aliases: bool = False,
+                    count_unmeasured: bool = False) -> Any:
     """Apply the registered layer kernels to ``model`` and the registered function kernels; return ``model``.
 
     ``device`` defaults to the model's (then cuda when available, else cpu); ``mode`` is inference, train,
     compile or train+compile. With ``use_fallback=True`` a kernel that cannot be loaded or validated is skipped
-    with a warning; with ``False`` the error is raised and nothing changes. ``profile`` (a path or dict written
-    by ``twinkle-tune``) restricts each target to its measured winner.
+    with a warning; with ``False`` the error is raised and nothing changes. ``profile`` (a path, dict or Profile
+    written by ``twinkle-tune``) restricts each target to its measured winners, each at the call signatures it was
+    measured at; every other call runs the original. ``count_unmeasured=True`` counts those calls per signature
+    for ``kernel_report`` (off, it costs nothing).
     """
     mode = parse_mode(mode)
     if model is not None and not isinstance(model, nn.Module):
@@ -403,7 +488,7 @@ def kernelize_model(model: nn.Module | None = None, mode: str = "inference", dev
         device = infer_device(model)
     else:
         device = default_device()
-    _run(model, device, mode, bool(use_fallback), profile, patch_aliases)
+    _run(model, device, mode, bool(use_fallback), profile, patch_aliases, count=bool(count_unmeasured))
     return model
 
 

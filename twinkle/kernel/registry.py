@@ -57,6 +57,19 @@ class Candidate:
             return _instance(loaded)
         return find_function(loaded, self.name) if self.source.needs_name else loaded
 
+    def pinned(self, commit: str | None) -> Candidate:
+        """This candidate loading exactly ``commit`` (Hub sources; any other is returned as it is). Its id stays."""
+        if commit is None or not isinstance(self.source, HubSource):
+            return self
+        return replace(self, source=replace(self.source, pin=commit))
+
+    def identity(self, device: str, kernel: Any) -> tuple[str, str | None]:
+        """``(code identity, Hub commit or None)`` of the loaded ``kernel`` (see identity.py)."""
+        from .identity import code_identity
+
+        loaded = self.source.load(device) if self.source.kind in ("hub", "local", "repo") else kernel
+        return code_identity(self.source.kind, loaded, kernel)
+
     def capabilities(self, kernel: Any) -> tuple[bool, bool]:
         """``(has_backward, can_torch_compile)``: declared by the kernel, else implied by the registration."""
         owner = self._declarer(kernel)

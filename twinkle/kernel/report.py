@@ -9,6 +9,16 @@ Status = Literal["applied", "original", "not tuned"]
 
 
 @dataclass
+class Verdict:
+    """What runs at one measured call signature of a target: a kernel, or (``kernel`` None) the original."""
+
+    signature: str
+    kernel: str | None
+    why: str
+    range: tuple[int, int] | None = None  # the checked size range the kernel also serves
+
+
+@dataclass
 class Entry:
     """One decision for one target (a layer kernel_name on one module class, or one function)."""
 
@@ -24,6 +34,18 @@ class Entry:
     reasons: list[str] = field(default_factory=list)  # why candidates were not used
     aliases: list[str] = field(default_factory=list)  # modules holding the original under the same name
     aliases_patched: bool = False
+    verdicts: list[Verdict] = field(default_factory=list)  # with a profile: per measured signature
+    dispatch: Any = field(default=None, repr=False, compare=False)  # with a profile: the live table (counts)
+
+    def unmeasured(self) -> dict[str, int] | None:
+        """Calls at run time that ran the original because their signature was never measured, per signature
+        (None unless kernelize_model(..., count_unmeasured=True))."""
+        counts = getattr(self.dispatch, "unmeasured", None)
+        if counts is None:
+            return None
+        from .signature import text
+
+        return {text(k): n for k, n in counts.most_common()}
 
 
 @dataclass
@@ -36,7 +58,12 @@ class KernelReport:
         return [e for e in self.entries if e.status == "applied"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entries": [asdict(e) for e in self.entries]}
+        out = []
+        for e in self.entries:
+            row = {k: v for k, v in asdict(e).items() if k != "dispatch"}
+            row["unmeasured"] = e.unmeasured()
+            out.append(row)
+        return {"entries": out}
 
     def __str__(self) -> str:
         if not self.entries:
@@ -49,6 +76,18 @@ class KernelReport:
                 kernel += f" [{e.resolved}]"
             rows.append((e.kind, e.target + (f" on {e.module_class}" if e.module_class else ""), e.status, kernel,
                          _where(e.where)))
+            for v in e.verdicts:
+                span = f" and sizes {v.range[0]}-{v.range[1]} of it" if v.range else ""
+                notes.append(f"  {e.target}: at {v.signature}{span}: {v.kernel or 'the original'}"
+                             + ("" if v.kernel else f" ({v.why})"))
+            if e.verdicts:
+                notes.append(f"  {e.target}: at any other signature: the original")
+            unmeasured = e.unmeasured()
+            if unmeasured is not None:
+                total = sum(unmeasured.values())
+                notes.append(f"  {e.target}: {total} call(s) at unmeasured signatures ran the original"
+                             + (": " + "; ".join(f"{sig} x{n}" for sig, n in list(unmeasured.items())[:5])
+                                if unmeasured else ""))
             for reason in e.reasons:
                 notes.append(f"  {e.target}: {reason}")
             if e.aliases:

@@ -177,11 +177,15 @@ class HubSource(Source):
     version: int | str | None = None
     revision: str | None = None
     trust_remote_code: bool | list[str] = False
+    pin: str | None = None  # a commit to load instead of version/revision (a profile's measured code); not in the id
     kind: str = field(init=False, default="hub")
 
     @property
     def id(self) -> str:
         return f"hub:{self.repo_id}@{hub_version_label(self.version, self.revision)}"
+
+    def load(self, device: str) -> Any:
+        return _cached((self.id + (f"#commit={self.pin}" if self.pin else ""), device), lambda: self._load(device))
 
     def _load(self, device: str) -> Any:
         try:
@@ -189,14 +193,17 @@ class HubSource(Source):
         except ImportError as exc:  # pragma: no cover - kernels is a declared dependency
             raise LoadError(f"the `kernels` package is needed for Hub kernels ({exc})") from exc
         errors = []
-        for label, kwargs in _version_attempts(self.version, self.revision):
+        attempts = [(f"commit {self.pin}", {"revision": self.pin})] if self.pin else \
+            _version_attempts(self.version, self.revision)
+        for label, kwargs in attempts:
             try:
                 module = kernels.get_kernel(self.repo_id, backend=kernels_backend(device),
                                             trust_remote_code=self.trust_remote_code, **kwargs)
             except Exception as exc:  # the loader's own words are the best reason we can give
                 errors.append(f"{label}: {type(exc).__name__}: {exc}")
                 continue
-            _RESOLVED[self.id] = label
+            if not self.pin:
+                _RESOLVED[self.id] = label
             logger.debug("loaded %s (%s) for %s", self.repo_id, label, device)
             return module
         raise LoadError(f"{self.repo_id} cannot be loaded for {device}: " + "; ".join(errors))
