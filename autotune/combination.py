@@ -171,15 +171,15 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
         if chosen == "baseline" and dec.winner is not None:
             why = (f"the per-target winners together gave {dropped['per-target']}" if "per-target" in dropped
                    else "the per-target winners together were slower than the original end to end")
-            d.decision = dataclasses.replace(dec, winner=None, basis=None,
+            d.decision = dataclasses.replace(dec, winner=None, basis=None, range=None,
                                              reason=f"{dec.reason}; but {why}, so the original is kept")
         elif chosen == "per-target" and "search" in dropped:
             d.decision = dataclasses.replace(
                 dec, reason=f"{dec.reason}; the search's combination was dropped: it gave {dropped['search']}")
         elif chosen == "search" and choice != dec.winner:
             basis = None if choice is None else "search" if s.objective == "latency" else "memory"
-            d.decision = dataclasses.replace(
-                dec, winner=choice, basis=basis,
+            d.decision = dataclasses.replace(  # the range was checked for the per-target winner only
+                dec, winner=choice, basis=basis, range=None,
                 reason=f"end-to-end search chose {choice or 'the original'} (per-target pick: {dec.winner})")
     return summary
 

@@ -7,6 +7,7 @@ leaves one behind.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import time
@@ -21,7 +22,7 @@ from twinkle.kernel import unkernelize
 from twinkle.kernel.device import parse_device
 from twinkle.kernel.layer import layer_problem
 from twinkle.kernel.mode import is_train, parse_mode
-from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
+from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, SizeRange, Target, environment
 from twinkle.kernel.registry import REGISTRY, Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
@@ -33,6 +34,7 @@ from .match import Comparison, compare, tolerances
 from .measure import Contender, Timer, TimerSettings, Timing, time_limit
 from .roofline import COPY_BYTES, achieved, call_bytes, copy_bandwidth_gbps
 from .step import Step, zero_grads
+from .sweep import sweep
 
 logger = logging.getLogger("twinkle.autotune")
 
@@ -54,6 +56,7 @@ class TuneSettings:
     tolerances: dict[str, dict[str, float]] | None = None
     time_limit_s: float = 120.0
     timer: TimerSettings = field(default_factory=TimerSettings)
+    sweep: bool = True  # check each winner across sizes, so its verdict may serve the range checked (sweep.py)
 
 
 def torch_device(label: str) -> torch.device:
@@ -196,8 +199,12 @@ def autotune(model: nn.Module, inputs: Inputs | None = None, settings: TuneSetti
                                            lambda: report("measure", done, total))
         done += 1 + len(per_cand)
         report("measure", done, total)
+        decision = _decision(site, fallback, per_cand, cands, s, copy_gbps)
+        if decision.winner is not None and s.sweep:
+            decision = dataclasses.replace(decision, range=_sweep(site, decision.winner, cands, device, mode, timer,
+                                                                  tol, s))
         drafts.append(Draft(site.kind, site.target, ClassRef.of(type(site.module)) if site.module is not None
-                            else None, _decision(site, fallback, per_cand, cands, s, copy_gbps)))
+                            else None, decision))
     measured = time.perf_counter()
 
     env = environment(device)
@@ -215,7 +222,7 @@ def autotune(model: nn.Module, inputs: Inputs | None = None, settings: TuneSetti
                "end_to_end": end - measured - search_s, "total": end - started}
     return Profile(
         mode=mode, device=device, environment=env, targets=_targets_of(drafts), model=model_name,
-        model_class=f"{type(model).__module__}.{type(model).__qualname__}", sets=tuple(steps),
+        model_class=ClassRef.of(type(model)), sets=tuple(steps),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         settings={"min_gain": s.min_gain, "confidence": CONFIDENCE, "objective": s.objective, "trials": s.trials,
                   "patience": s.patience, "seed": s.seed, "tolerances": tol, "timer": vars(s.timer)},
@@ -229,6 +236,20 @@ def _targets_of(drafts: list[Draft]) -> tuple[Target, ...]:
         grouped.setdefault((d.kind, d.name, d.module_class.path if d.module_class else None), []).append(d)
     return tuple(Target(kind, name, tuple(d.decision for d in ds), ds[0].module_class)
                  for (kind, name, _), ds in grouped.items())
+
+
+def _sweep(site: Site, winner: str, cands: list[Candidate], device: str, mode: str, timer: Timer,
+           tol: dict[str, dict[str, float]], s: TuneSettings) -> SizeRange | None:
+    """The size range over which the winner was checked (None: its verdict holds at the exact signature only)."""
+    cand = next(c for c in cands if c.id == winner)
+    params = list(site.module.parameters()) if site.module is not None else []
+    before = _state(site.module)
+    try:
+        return sweep(site, _original(site), _kernel_call(site, cand.load(device)), mode, params, timer, tol, s.seed,
+                     s.time_limit_s, lambda: _restore(site.module, before))
+    except Exception as exc:  # a sweep that fails only costs the range
+        logger.info("%s: no range for %s: %s: %s", site.target, winner, type(exc).__name__, exc)
+        return None
 
 
 def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, timer: Timer,

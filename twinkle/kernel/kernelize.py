@@ -23,7 +23,7 @@ from .device import default_device, infer_device, parse_device
 from .dispatch import FunctionDispatch, LayerDispatch, Verdicts
 from .errors import KernelError
 from .layer import class_path, layer_problem, matches
-from .mode import parse_mode
+from .mode import is_train, parse_mode
 from .profile import Profile, Target, load_profile, mismatches
 from .registry import REGISTRY, Candidate
 from .report import Entry, KernelReport, Verdict
@@ -434,14 +434,18 @@ def _resolve_profile(profile: Any, device: str, mode: str, model: nn.Module | No
     if profile is None:
         return None
     loaded = load_profile(profile)
-    model_class = f"{type(model).__module__}.{type(model).__qualname__}" if model is not None else None
-    diff = mismatches(loaded, device, mode, model_class)
+    diff = mismatches(loaded, device, mode, type(model) if model is not None else None)
     if diff:
         cause = f"profile {loaded.origin} was measured elsewhere ({'; '.join(diff)}); its verdicts do not hold here"
         if not use_fallback:
             raise KernelError("profile", cause)
         logger.warning("%s: the originals run (re-run twinkle-tune here)", cause)
         return dataclasses.replace(loaded, targets=())
+    if model is not None and model.training != is_train(loaded.mode):
+        logger.warning("profile %s was measured with the model in %s mode (model.%s()); this model is in %s mode, so "
+                       "its layers' calls do not match the verdicts and run the original", loaded.origin,
+                       "training" if is_train(loaded.mode) else "eval", "train" if is_train(loaded.mode) else "eval",
+                       "training" if model.training else "eval")
     return loaded
 
 

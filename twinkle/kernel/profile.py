@@ -163,7 +163,7 @@ class Profile:
     environment: Environment
     targets: tuple[Target, ...]
     model: str | None = None  # the MODEL_PY tuned
-    model_class: str | None = None  # the class of the model tuned
+    model_class: ClassRef | None = None  # the class of the model tuned
     sets: tuple[str, ...] = ("default",)
     created: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -181,7 +181,7 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created, "model": self.model,
-                "model_class": self.model_class, "mode": self.mode, "device": self.device,
+                "model_class": dataclasses.asdict(self.model_class) if self.model_class else None, "mode": self.mode, "device": self.device,
                 "environment": dataclasses.asdict(self.environment), "sets": list(self.sets),
                 "settings": self.settings, "roofline": self.roofline, "end_to_end": self.end_to_end,
                 "targets": [_target_json(t) for t in self.targets], "seconds": self.seconds}
@@ -323,8 +323,10 @@ def parse(data: Any, origin: str) -> Profile:
     for name in ("settings", "end_to_end", "roofline", "seconds"):
         if not isinstance(kw.get(name, {}), dict):
             raise r.bad(name, "must be an object")
-    for name in ("model", "model_class", "created"):
+    for name in ("model", "created"):
         r.text(kw.get(name), name, name)
+    if kw.get("model_class") is not None:
+        kw["model_class"] = _class_ref(r, kw["model_class"], "model_class")
     targets = kw["targets"]
     if not isinstance(targets, list):
         raise r.bad("targets", "must be a list")
@@ -344,17 +346,21 @@ def _target(r: _Reader, data: Any, i: int) -> Target:
     if kw["kind"] == "layer":
         if ref is None:
             raise r.bad(where, "a layer target needs 'module_class' (the class it was measured on)")
-        ref_kw = r.fields(ref, f"{where}: module_class", ClassRef)
-        for name in ("path", "qualname"):
-            r.text(ref_kw[name], f"{where}: module_class", name, optional=False)
-        r.text(ref_kw["file_sha256"], f"{where}: module_class", "file_sha256")
-        kw["module_class"] = ClassRef(**ref_kw)
+        kw["module_class"] = _class_ref(r, ref, f"{where}: module_class")
     elif ref is not None:
         raise r.bad(where, "'module_class' only goes with layer targets")
     if not isinstance(kw["decisions"], list):
         raise r.bad(where, "'decisions' must be a list")
     kw["decisions"] = tuple(_decision(r, d, f"{where}: decisions[{j}]") for j, d in enumerate(kw["decisions"]))
     return Target(**kw)
+
+
+def _class_ref(r: _Reader, data: Any, where: str) -> ClassRef:
+    kw = r.fields(data, where, ClassRef)
+    for name in ("path", "qualname"):
+        r.text(kw[name], where, name, optional=False)
+    r.text(kw["file_sha256"], where, "file_sha256")
+    return ClassRef(**kw)
 
 
 def _decision(r: _Reader, data: Any, where: str) -> Decision:
@@ -511,15 +517,16 @@ def environment(device: str) -> Environment:
                        twinkle=TWINKLE_VERSION, kernels=version("kernels"), triton=version("triton"))
 
 
-def mismatches(profile: Profile, device: str, mode: str, model_class: str | None) -> list[str]:
+def mismatches(profile: Profile, device: str, mode: str, model_class: type | None) -> list[str]:
     """How this run differs from where the profile was measured (empty when it does not)."""
     out = []
     if profile.mode != mode:
         out.append(f"mode {profile.mode} in the profile, {mode} now")
     if profile.device != device:
         out.append(f"device {profile.device} in the profile, {device} now")
-    if model_class is not None and profile.model_class is not None and model_class != profile.model_class:
-        out.append(f"model {profile.model_class} in the profile, {model_class} now")
+    if model_class is not None and profile.model_class is not None and not profile.model_class.matches(model_class):
+        out.append(f"model {profile.model_class.path} in the profile, "
+                   f"{model_class.__module__}.{model_class.__qualname__} now")
     now = environment(device)
     for key in ("device_name", "torch", "python"):
         then, here = getattr(profile.environment, key), getattr(now, key)
