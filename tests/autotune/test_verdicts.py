@@ -233,13 +233,14 @@ def test_another_class_with_the_same_name_is_left_alone(pkg, settings, tmp_path)
     assert pkg.cands.RAN == ["fast_norm"]
 
 
-def test_a_class_of_model_py_matches_when_imported_under_another_name(pkg, settings, tmp_path):
+def test_a_class_of_model_py_matches_when_imported_under_another_name(pkg, settings, tmp_path, monkeypatch):
     register_layer_kernel("RowNorm", layer_impl=pkg.cands.FastRowNorm, device="cpu")
     path, _ = tune(pkg, settings, tmp_path, (rows(16),))
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("renamed_model", pkg.model.__file__)
     renamed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "renamed_model", renamed)  # as the user's import of the same file does
     spec.loader.exec_module(renamed)
     net = kernelize_model(renamed.Net().eval(), device="cpu", profile=path)
     pkg.cands.RAN.clear()
