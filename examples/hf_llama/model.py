@@ -26,17 +26,17 @@ from twinkle.kernel import use_pools
 logger = logging.getLogger("twinkle.autotune")
 
 SIZES = {
-    # name: (hidden, layers, heads, kv_heads, intermediate, vocab, batch, seq, dtype)
-    "tiny": (256, 4, 4, 2, 688, 2048, 2, 128, torch.float32),
-    "1b": (2048, 16, 32, 8, 8192, 32000, 4, 1024, torch.bfloat16),
-    # TinyLlama-1.1B's shape at batch 4 x 2048: the benchmark of docs/benchmarks.md
+    # name: (hidden, layers, heads, kv_heads, intermediate, vocab, batch, seq, dtype, short batch, short seq)
+    "tiny": (256, 4, 4, 2, 688, 2048, 2, 128, torch.float32, 8, 16),
+    "1b": (2048, 16, 32, 8, 8192, 32000, 4, 1024, torch.bfloat16, 64, 128),
+    # TinyLlama-1.1B's shape at batch 4 x 2048 (and 64 short requests of 128): the benchmark of docs/benchmarks.md
     "tinyllama": (2048, int(os.environ.get("TWINKLE_EXAMPLE_LAYERS", 16)), 32, 4, 5632, 32000, 4, 2048,
-                  torch.bfloat16),
+                  torch.bfloat16, 64, 128),
 }
 SIZE = os.environ.get("TWINKLE_EXAMPLE_SIZE", "tiny")
 if SIZE not in SIZES:
     raise ValueError(f"TWINKLE_EXAMPLE_SIZE={SIZE!r}: use one of {', '.join(SIZES)}")
-HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE, VOCAB, BATCH, SEQ, DTYPE = SIZES[SIZE]
+HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE, VOCAB, BATCH, SEQ, DTYPE, SHORT_BATCH, SHORT_SEQ = SIZES[SIZE]
 
 # ----------------------------------------------------------------------------------- the candidates: built-in pools
 # torch-native and torch.compile'd candidates on any device; Liger's and twinkle's Triton kernels on CUDA (each
@@ -56,7 +56,19 @@ def build_model() -> nn.Module:
         return LlamaForCausalLM(config).to(DTYPE).eval()
 
 
-def example_inputs() -> dict[str, object]:
+def batch(size: int, seq: int) -> dict[str, object]:
     """A language-modelling batch: tokens and labels (train modes backpropagate the loss, as a training loop does)."""
-    ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, VOCAB, (size, seq), generator=torch.Generator().manual_seed(0))
     return {"input_ids": ids, "labels": ids, "use_cache": False}
+
+
+def example_inputs() -> dict[str, object]:
+    return batch(BATCH, SEQ)
+
+
+def input_sets() -> dict[str, dict[str, object]]:
+    """Two workloads, each tuned and decided on its own: long sequences (prefill, training) and many short ones.
+    TWINKLE_EXAMPLE_SETS=long tunes the long set alone."""
+    sets = {"long": batch(BATCH, SEQ), "short": batch(SHORT_BATCH, SHORT_SEQ)}
+    wanted = os.environ.get("TWINKLE_EXAMPLE_SETS", "long,short").split(",")
+    return {name: sets[name] for name in wanted}
