@@ -1,8 +1,10 @@
-"""Render a tuning profile (docs/profile.md): a rich console report, and report.md / targets.csv / latency.png.
+"""Render a tuning profile (schema 2, ``twinkle.kernel.profile``): a rich console report, and report.md /
+targets.csv / latency.png.
 
-This module is the edge: it is the only place in ``autotune`` that prints (through rich), and it only reads the
-profile dict, tolerating missing or partial entries (a candidate that raised, a target with no candidates, an
-end-to-end summary without a search or a Pareto front, a profile with no target at all).
+This module is the edge: it is the only place in ``autotune`` that prints (through rich). ``_blocks`` flattens a
+``Profile`` into one block per decision (a target at one call signature) and ``_lines`` gives a block's rows (the
+original, then each candidate); every renderer draws those. Partial entries are tolerated: a candidate that raised,
+a signature with no candidates, an end-to-end summary without a search or a Pareto front, a profile with no target.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twinkle.kernel.profile import write_atomic, write_text_atomic
+from twinkle.kernel.profile import Baseline, Decision, Profile, Row, SizeRange, write_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -25,18 +28,20 @@ logger = logging.getLogger("twinkle.autotune")
 __all__ = ["render_console", "to_frame", "save_reports"]
 
 ORIGINAL = "(original)"
-FRAME_COLUMNS = ["target", "kind", "module_class", "modules", "calls", "candidate", "source", "median_ms", "spread",
-                 "speedup", "speedup_ci_low", "speedup_ci_high", "significant", "matches", "max_abs_err", "error",
-                 "bandwidth_gbps", "roofline_pct",
-                 "winner"]
+FRAME_COLUMNS = ["target", "kind", "module_class", "signature", "sets", "range", "modules", "calls", "candidate",
+                 "source", "median_ms", "spread", "speedup", "speedup_ci_low", "speedup_ci_high", "significant",
+                 "matches", "max_abs_err", "error", "bandwidth_gbps", "roofline_pct", "winner"]
 _E2E_ROWS = [("baseline", "baseline (original code)"), ("per_target", "per-target winners"),
              ("search", "best of the search"), ("tuned", "tuned")]
 _CHOSEN = {"baseline": "baseline: the original code everywhere (nothing beat it end to end)",
-           "per-target": "per-target: each target's own winner",
+           "per-target": "per-target: each signature's own winner",
            "search": "search: the combination found by the end-to-end search"}
-_CONSOLE_MODULES = 4  # module paths shown per target in the console before "+N more"
+_CONSOLE_MODULES = 4  # module paths shown per decision in the console before "+N more"
 _CONSOLE_ERROR = 70  # characters of an error message shown in the console
 _MD_ERROR = 300
+_CHART_SIGNATURE = 45  # characters of a signature shown in a chart panel's title
+_STAR = ("winner", "kept")  # verdict kinds of the row that runs after tuning
+_STYLES = {"winner": "bold green", "kept": "bold green", "failed": "red", "mismatch": "yellow"}  # by verdict kind
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -96,9 +101,9 @@ def _fmt_x(v: Any) -> str:
     return f"{x:.1f}x" if x >= 100 else f"{x:.2f}x"
 
 
-def _fmt_bandwidth(figures: dict[str, Any]) -> str:
+def _fmt_bandwidth(figures: Row | Baseline) -> str:
     """``1.85 TB/s, 62% of copy``: achieved memory bandwidth against the measured copy roofline; ``""`` if unknown."""
-    gbps, pct = _num(figures.get("bandwidth_gbps")), _num(figures.get("roofline_pct"))
+    gbps, pct = _num(figures.bandwidth_gbps), _num(figures.roofline_pct)
     if gbps is None:
         return ""
     text = f"{gbps / 1000:.2f} TB/s" if gbps >= 1000 else f"{gbps:.0f} GB/s"
@@ -122,11 +127,16 @@ def _fmt_err(v: Any) -> str:
     return f"{x:.2g}" if math.isfinite(x) else str(x)
 
 
-def _fmt_match(cand: dict[str, Any]) -> str:
-    if cand.get("error") or (_num(cand.get("median_ms")) is None and cand.get("matches") is None):
+def _unmeasured(row: Row) -> bool:
+    """A candidate that neither raised nor was compared (e.g. the original failed at its signature)."""
+    return row.error is None and row.median_ms is None and not row.matches and row.mismatch is None
+
+
+def _fmt_match(row: Row) -> str:
+    if row.error or _unmeasured(row):
         return "—"
-    mark = "✓" if cand.get("matches") else "✗"
-    err = _fmt_err(cand.get("max_abs_err"))
+    mark = "✓" if row.matches else "✗"
+    err = _fmt_err(row.max_abs_err)
     return f"{mark} {err}" if err else mark
 
 
@@ -143,48 +153,35 @@ def _short(text: Any, limit: int) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _modules_text(modules: Any, limit: int | None) -> str:
-    if not modules:
-        return ""
+def _modules_text(modules: Iterable[str], limit: int | None) -> str:
     mods = [str(m) for m in modules]
     if limit is not None and len(mods) > limit:
         return ", ".join(mods[:limit]) + f", … (+{len(mods) - limit} more)"
     return ", ".join(mods)
 
 
-def _targets(profile: dict[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in (profile.get("targets") or []) if isinstance(t, dict)]
+def _range_text(r: SizeRange | None) -> str:
+    """``sizes 16..2048 (measured at 64; checked 16, 256, 2048)``; ``""`` without a range."""
+    if r is None:
+        return ""
+    return f"sizes {r.low}..{r.high} (measured at {r.size}; checked {', '.join(map(str, r.checked))})"
 
 
-def _candidates(target: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in (target.get("candidates") or []) if isinstance(c, dict)]
-
-
-def _e2e(profile: dict[str, Any]) -> dict[str, Any]:
-    e = profile.get("end_to_end")
-    return e if isinstance(e, dict) else {}
-
-
-def _environment_line(profile: dict[str, Any]) -> str:
-    env = profile.get("environment") or {}
-    parts = [str(env.get("device_name") or profile.get("device") or "unknown device")]
-    if env.get("torch"):
-        parts.append(f"torch {env['torch']}")
-    if env.get("kernels"):
-        parts.append(f"kernels {env['kernels']}")
-    if env.get("twinkle"):
-        parts.append(f"twinkle {env['twinkle']}")
-    parts.append(f"dtype {env.get('dtype') or 'n/a'}")
-    parts.append(f"mode {profile.get('mode') or 'n/a'}")
-    if profile.get("device"):
-        parts.append(f"device {profile['device']}")
+def _environment_line(profile: Profile) -> str:
+    env = profile.environment
+    parts = [str(env.device_name or profile.device or "unknown device")]
+    for name in ("torch", "kernels", "triton", "twinkle"):
+        if getattr(env, name):
+            parts.append(f"{name} {getattr(env, name)}")
+    parts.append(f"mode {profile.mode or 'n/a'}")
+    if profile.device:
+        parts.append(f"device {profile.device}")
+    parts.append(f"input set{'s' if len(profile.sets) != 1 else ''} {', '.join(profile.sets)}")
     return " · ".join(parts)
 
 
-def _settings_line(profile: dict[str, Any]) -> str | None:
-    s = profile.get("settings")
-    if not isinstance(s, dict) or not s:
-        return None
+def _settings_line(profile: Profile) -> str | None:
+    s = profile.settings if isinstance(profile.settings, dict) else {}
     parts = []
     if s.get("objective"):
         parts.append(f"objective {s['objective']}")
@@ -192,183 +189,160 @@ def _settings_line(profile: dict[str, Any]) -> str | None:
         parts.append(f"minimum gain {_num(s['min_gain']) * 100:g}%")
     if _num(s.get("confidence")) is not None:
         parts.append(f"confidence {_num(s['confidence']) * 100:g}%")
-    if s.get("trials") is not None:
-        parts.append(f"trials {s['trials']}")
-    if s.get("patience") is not None:
-        parts.append(f"patience {s['patience']}")
-    if s.get("seed") is not None:
-        parts.append(f"seed {s['seed']}")
-    copy = _num((profile.get("roofline") or {}).get("copy_bandwidth_gbps")) if isinstance(profile.get("roofline"),
-                                                                                          dict) else None
+    for key in ("trials", "patience", "seed"):
+        if s.get(key) is not None:
+            parts.append(f"{key} {s[key]}")
+    copy = _num(profile.roofline.get("copy_bandwidth_gbps")) if isinstance(profile.roofline, dict) else None
     if copy is not None:
         parts.append(f"measured copy bandwidth {copy / 1000:.2f} TB/s" if copy >= 1000
                      else f"measured copy bandwidth {copy:.0f} GB/s")
     return ", ".join(parts) or None
 
 
-def _target_unit(target: dict[str, Any]) -> tuple[str, float]:
-    fb = target.get("fallback") or {}
-    return _unit([fb.get("median_ms")] + [c.get("median_ms") for c in _candidates(target)])
+# ------------------------------------------------------------------------------------------------ blocks
 
 
-def _verdict(target: dict[str, Any], cand: dict[str, Any] | None, error_limit: int) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _Block:
+    """One decision of one target: a group of rows in every rendering."""
+
+    target: str
+    kind: str
+    module_class: str | None  # the class path, layers only
+    decision: Decision
+
+    @property
+    def sets(self) -> str:
+        """`` (sets: default, long)``: the input sets whose calls had this signature; ``""`` when none is recorded."""
+        return f" (sets: {', '.join(self.decision.sets)})" if self.decision.sets else ""
+
+    @property
+    def signature(self) -> str:
+        """``f32[4,2048,64] (sets: long)``."""
+        return self.decision.text + self.sets
+
+    @property
+    def calls(self) -> str:
+        return f"{self.decision.calls} call{'s' if self.decision.calls != 1 else ''}/step"
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One row of a block as every rendering shows it: the original (``row`` None) or a candidate."""
+
+    row: Row | None
+    figures: Row | Baseline
+    label: str
+    time: str
+    speed: str
+    match: str
+    bandwidth: str
+    kind: str  # winner | kept | failed | mismatch | plain
+    verdict: str
+
+
+def _blocks(profile: Profile) -> list[_Block]:
+    """Every decision of every target, in profile order."""
+    return [_Block(t.name, t.kind, t.module_class.path if t.module_class is not None else None, d)
+            for t in profile.targets for d in t.decisions]
+
+
+def _lines(block: _Block, error_limit: int) -> list[_Line]:
+    """The original's row, then one per candidate, in one time unit."""
+    d = block.decision
+    unit = _unit([d.baseline.median_ms] + [r.median_ms for r in d.candidates])
+    out = []
+    for row in (None, *d.candidates):
+        kind, verdict = _verdict(d, row, error_limit)
+        if row is None:
+            figures: Row | Baseline = d.baseline
+            speed = "1.00x" if _num(d.baseline.median_ms) is not None else "—"
+            match, label = "(ref)", ORIGINAL
+        else:
+            figures, speed, match, label = row, _fmt_speedup(row.speedup, row.speedup_ci), _fmt_match(row), row.id
+        out.append(_Line(row, figures, label, _fmt_time(figures.median_ms, figures.spread, unit), speed, match,
+                         _fmt_bandwidth(figures), kind, verdict))
+    return out
+
+
+def _verdict(d: Decision, row: Row | None, error_limit: int) -> tuple[str, str]:
     """(kind, text) for one row: kind is winner | kept | failed | mismatch | plain."""
-    kind, text = _verdict_of(target, cand, error_limit)
-    if cand is not None and cand.get("overwrites_inputs") is True:
+    kind, text = _verdict_of(d, row, error_limit)
+    if row is not None and row.overwrites_inputs:
         text = f"{text}; " if text else ""
         text += "writes into its inputs (declared overwrites_inputs)"
     return kind, text
 
 
-def _verdict_of(target: dict[str, Any], cand: dict[str, Any] | None, error_limit: int) -> tuple[str, str]:
-    winner = target.get("winner")
-    reason = target.get("reason")
-    if cand is None:  # the fallback row
-        fb = target.get("fallback") or {}
-        if fb.get("error"):
-            err = _short(fb["error"], error_limit)
+def _verdict_of(d: Decision, row: Row | None, error_limit: int) -> tuple[str, str]:
+    winner, reason = d.winner, d.reason
+    if row is None:  # the original's row
+        error = d.baseline.error
+        if error:
+            err = _short(error, error_limit)
             if winner is not None:
                 return "failed", f"the original failed: {err}"
-            why = reason if reason and str(fb["error"]) in str(reason) else (
+            why = reason if reason and str(error) in str(reason) else (
                 f"{reason + '; ' if reason else ''}the original failed: {err}")
             return "kept", f"★ original kept: {why}"
         if winner is None:
             return "kept", "★ original kept" + (f": {reason}" if reason else "")
-        if winner not in {c.get("id") for c in _candidates(target)}:
+        if d.row(winner) is None:
             return "plain", f"winner {winner} is not among the measured candidates"
         return "plain", ""
-    cid = cand.get("id")
-    if winner is not None and cid == winner:
+    if winner is not None and row.id == winner:
         return "winner", "★ winner" + (f": {reason}" if reason else "")
-    if cand.get("error"):
-        return "failed", f"failed: {_short(cand['error'], error_limit)}"
-    if cand.get("matches") is False:
-        detail = cand.get("mismatch")
-        return "mismatch", "mismatch" + (f": {_short(detail, error_limit)}" if detail else "")
-    sp = _num(cand.get("speedup"))
+    if row.error:
+        return "failed", f"failed: {_short(row.error, error_limit)}"
+    if _unmeasured(row):
+        return "plain", "not measured"
+    if not row.matches:
+        return "mismatch", "mismatch" + (f": {_short(row.mismatch, error_limit)}" if row.mismatch else "")
+    sp = _num(row.speedup)
     if sp is not None and sp < 1.0:
         return "plain", "slower"
-    if cand.get("significant") is False:
+    if not row.significant:
         return "plain", "not significantly faster"
     return "plain", ""
 
 
-# ------------------------------------------------------------------------------------------------ console
+# ------------------------------------------------------------------------------------------------ end to end
 
 
-def render_console(profile: dict[str, Any], console: Console | None = None) -> None:
-    """Print the report: the per-target table, the end-to-end summary and the environment line.
-
-    The table has one section per target: a heading row (name, kind, layer class, module instances, calls per
-    step), the original's row (the fallback time), then one row per candidate with its full id (folded, never
-    truncated), time, speedup with its confidence interval, match, and a verdict line under the id (★ winner with
-    the target's reason, ★ original kept with the reason, failed with the error, mismatch, slower, ...).
-    """
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = console or Console()
-    model = profile.get("model")
-    console.print(Text("twinkle-tune report" + (f": {model}" if model else ""), style="bold"))
-    console.print(Text(_environment_line(profile), style="dim"))
-    settings = _settings_line(profile)
-    if settings:
-        console.print(Text(settings, style="dim"))
-
-    targets = _targets(profile)
-    if not targets:
-        console.print(Text("No target was tuned: the profile lists no target.", style="yellow"))
-    else:
-        table = Table(title="Targets (times per model step; ★ = what runs after tuning)", title_justify="left")
-        table.add_column("Target / candidate", overflow="fold")
-        table.add_column("Median ± spread\nSpeedup [95% CI]", justify="right", overflow="fold")
-        table.add_column("Match", overflow="fold")
-        for t in targets:
-            unit = _target_unit(t)
-            head = Text(str(t.get("name", "?")), style="bold")
-            head.append(f" · {t.get('kind', '?')}")
-            if t.get("calls") is not None:
-                head.append(f" · {t['calls']} call{'s' if t['calls'] != 1 else ''}/step")
-            if t.get("module_class"):
-                head.append(f"\n{t['module_class']}", style="dim")
-            if t.get("modules"):
-                head.append(f"\nonly: {_modules_text(t['modules'], _CONSOLE_MODULES)}", style="cyan")
-            table.add_row(head, Text(""), Text(""))
-            fb = t.get("fallback") or {}
-            rows: list[tuple[dict[str, Any] | None, str]] = [(None, ORIGINAL)]
-            rows += [(c, str(c.get("id", "?"))) for c in _candidates(t)]
-            for i, (cand, label) in enumerate(rows):
-                kind, verdict = _verdict(t, cand, _CONSOLE_ERROR)
-                style = {"winner": "bold green", "kept": "bold green", "failed": "red", "mismatch": "yellow"}.get(kind)
-                if cand is None:
-                    time = _fmt_time(fb.get("median_ms"), fb.get("spread"), unit)
-                    speed = "1.00x (reference)" if _num(fb.get("median_ms")) is not None else "—"
-                    match = "(ref)"
-                else:
-                    time = _fmt_time(cand.get("median_ms"), cand.get("spread"), unit)
-                    speed = _fmt_speedup(cand.get("speedup"), cand.get("speedup_ci"))
-                    match = _fmt_match(cand)
-                cell = Text(label, style="bold green" if kind in ("winner", "kept") else ("dim" if cand is None
-                                                                                          else ""))
-                if verdict:
-                    cell.append("\n" + verdict, style=style or "dim")
-                match_style = "green" if match.startswith("✓") else ("red" if match.startswith("✗") else "dim")
-                bandwidth = _fmt_bandwidth(fb if cand is None else cand)
-                figures = f"{time}\n{speed}" + (f"\n{bandwidth}" if bandwidth else "")
-                table.add_row(cell, Text(figures, style="bold green" if kind == "winner" else ""),
-                              Text(match, style=match_style), end_section=i == len(rows) - 1)
-        console.print(table)
-
-    _render_end_to_end(profile, console)
+def _e2e_sets(profile: Profile) -> list[tuple[str, dict[str, Any]]]:
+    """(heading, summary) per input set with an end-to-end summary, in the profile's set order; the heading names
+    the set when the profile has more than one."""
+    e2e = profile.end_to_end if isinstance(profile.end_to_end, dict) else {}
+    names = [s for s in profile.sets if s in e2e] + [s for s in e2e if s not in profile.sets]
+    named = len(profile.sets) > 1 or len(names) > 1
+    return [(f"End to end, set {name}" if named else "End to end", e2e[name])
+            for name in names if isinstance(e2e[name], dict)]
 
 
-def _render_end_to_end(profile: dict[str, Any], console: Console) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    e2e = _e2e(profile)
-    present = [(k, label) for k, label in _E2E_ROWS if isinstance(e2e.get(k), dict)]
-    if not present:
-        console.print(Text("End to end: not measured.", style="yellow"))
-    else:
-        unit = _unit([e2e[k].get("median_ms") for k, _ in present])
-        table = Table(title="End to end (one model step)", title_justify="left")
-        table.add_column("", overflow="fold")
-        table.add_column("Median ± spread", justify="right", overflow="fold")
-        table.add_column("Speedup [95% CI]", justify="right", overflow="fold")
-        table.add_column("Peak memory", justify="right", overflow="fold")
-        for key, label in present:
-            f = e2e[key]
-            speed = "1.00x" if key == "baseline" else _fmt_speedup(f.get("speedup"), f.get("speedup_ci"))
-            style = "bold green" if key == "tuned" else ""
-            table.add_row(Text(label, style=style), Text(_fmt_time(f.get("median_ms"), f.get("spread"), unit)),
-                          Text(speed, style=style), Text(_fmt_mem(f.get("peak_mem_mb"))))
-        console.print(table)
-    for line in _summary_lines(profile):
-        console.print(Text(line))
-    pareto = [p for p in (e2e.get("pareto") or []) if isinstance(p, dict)]
-    if pareto:
-        table = Table(title="Pareto front (latency vs peak memory)", title_justify="left")
-        table.add_column("Trial", justify="right")
-        table.add_column("Median", justify="right", overflow="fold")
-        table.add_column("Peak memory", justify="right", overflow="fold")
-        table.add_column("Choices", overflow="fold")
-        unit = _unit([p.get("median_ms") for p in pareto])
-        for p in pareto:
-            table.add_row(Text(str(p.get("number", ""))), Text(_fmt_time(p.get("median_ms"), None, unit)),
-                          Text(_fmt_mem(p.get("peak_mem_mb"))), Text(_choices_text(p.get("choices"))))
-        console.print(table)
+def _e2e_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(key, label, median ± spread, speedup, peak memory) per combination measured."""
+    present = [(k, label) for k, label in _E2E_ROWS if isinstance(summary.get(k), dict)]
+    unit = _unit([summary[k].get("median_ms") for k, _ in present])
+    out = []
+    for key, label in present:
+        f = summary[key]
+        speed = "1.00x" if key == "baseline" else _fmt_speedup(f.get("speedup"), f.get("speedup_ci"))
+        out.append((key, label, _fmt_time(f.get("median_ms"), f.get("spread"), unit), speed,
+                    _fmt_mem(f.get("peak_mem_mb"))))
+    return out
 
 
-def _choices_text(choices: Any) -> str:
-    if not isinstance(choices, dict) or not choices:
-        return "—"
-    return "\n".join(f"{k} = {v if v is not None else 'original'}" for k, v in choices.items())
+def _pareto_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(trial number, median, peak memory, choices) per point of the Pareto front."""
+    pareto = [p for p in (summary.get("pareto") or []) if isinstance(p, dict)]
+    unit = _unit([p.get("median_ms") for p in pareto])
+    return [(str(p.get("number", "")), _fmt_time(p.get("median_ms"), None, unit), _fmt_mem(p.get("peak_mem_mb")),
+             p["choices"] if isinstance(p.get("choices"), dict) else {}) for p in pareto]
 
 
-def _summary_lines(profile: dict[str, Any]) -> list[str]:
-    e2e = _e2e(profile)
+def _summary_lines(profile: Profile, e2e: dict[str, Any]) -> list[str]:
+    """What one input set's end-to-end summary says, in sentences."""
+    settings = profile.settings if isinstance(profile.settings, dict) else {}
     lines = []
     tuned = e2e.get("tuned") if isinstance(e2e.get("tuned"), dict) else None
     base = e2e.get("baseline") if isinstance(e2e.get("baseline"), dict) else None
@@ -393,7 +367,7 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
             line += str(check.get("detail") or "not compared")
         lines.append(line)
     trials = [t for t in (e2e.get("trials") or []) if isinstance(t, dict)]
-    requested = (profile.get("settings") or {}).get("trials")
+    requested = settings.get("trials")
     if trials:
         done = [t for t in trials if _num(t.get("median_ms")) is not None]
         line = f"End-to-end search: {len(trials)} trial{'s' if len(trials) != 1 else ''}"
@@ -403,8 +377,7 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
         if walked:
             line += f", {walked} of them moves of one target from the pick"
         if e2e.get("stopped_early"):
-            patience = (profile.get("settings") or {}).get("patience")
-            line += f", stopped after {patience} trials in a row found nothing better"
+            line += f", stopped after {settings.get('patience')} trials in a row found nothing better"
         if done:
             best = min(done, key=lambda t: _num(t["median_ms"]))  # type: ignore[arg-type,return-value]
             line += f", fastest trial #{best.get('number', '?')} at {_fmt_time(best['median_ms'])}"
@@ -415,20 +388,16 @@ def _summary_lines(profile: dict[str, Any]) -> list[str]:
                 f"{str(t['label']).removeprefix('pool:')} {_fmt_time(t['median_ms'])}"
                 + (f" ({1 / _num(t['relative_time']):.2f}x)" if _num(t.get("relative_time")) else "")
                 for t in pools))
-    elif "end_to_end" in profile:
-        lines.append("End-to-end search: not run" + (f" (trials {requested})" if requested is not None else "")
-                     + ".")
-    objective = (profile.get("settings") or {}).get("objective")
-    if objective == "both" and not e2e.get("pareto"):
+    else:
+        lines.append("End-to-end search: not run" + (f" (trials {requested})" if requested is not None else "") + ".")
+    if settings.get("objective") == "both" and not e2e.get("pareto"):
         lines.append("Pareto front: none recorded.")
-    lines.extend(_seconds_lines(profile))
     return lines
 
 
-def _seconds_lines(profile: dict[str, Any]) -> list[str]:
-    """Where the tuning's wall time went, and the target that took longest to measure (profiles before these
-    figures were recorded have none: no line)."""
-    sec = profile.get("seconds") if isinstance(profile.get("seconds"), dict) else {}
+def _seconds_lines(profile: Profile) -> list[str]:
+    """Where the tuning's wall time went, and the signature that took longest to measure (none recorded: no line)."""
+    sec = profile.seconds if isinstance(profile.seconds, dict) else {}
     total = _num(sec.get("total"))
     if total is None:
         return []
@@ -436,47 +405,144 @@ def _seconds_lines(profile: dict[str, Any]) -> list[str]:
              (("capture", "capture"), ("measure", "measure"), ("search", "search"), ("end_to_end", "end to end"))
              if _num(sec.get(key)) is not None]
     line = f"Tuning took {total:.1f} s" + (f" ({', '.join(parts)})" if parts else "")
-    targets = [t for t in (profile.get("targets") or []) if isinstance(t, dict) and _num(t.get("measure_s"))]
-    if targets:
-        slow = max(targets, key=lambda t: _num(t["measure_s"]))  # type: ignore[arg-type,return-value]
-        rows = [c for c in (slow.get("candidates") or []) if isinstance(c, dict) and _num(c.get("check_s"))]
-        line += f"; slowest target to measure: {slow.get('name')} {_num(slow['measure_s']):.1f} s"
-        worst = max(rows, key=lambda c: _num(c["check_s"])) if rows else None  # type: ignore[arg-type,return-value]
-        if worst is not None and _num(worst["check_s"]) >= 0.1:  # type: ignore[operator]
-            line += f", of which {_num(worst['check_s']):.1f} s to load and check {worst.get('id')}"
+    timed = [b for b in _blocks(profile) if _num(b.decision.measure_s)]
+    if timed:
+        slow = max(timed, key=lambda b: b.decision.measure_s)
+        line += f"; slowest to measure: {slow.target} at {slow.decision.text}, {slow.decision.measure_s:.1f} s"
+        worst = max(slow.decision.candidates, key=lambda r: r.check_s, default=None)
+        if worst is not None and worst.check_s >= 0.1:
+            line += f", of which {worst.check_s:.1f} s to load and check {worst.id}"
     return [line]
+
+
+# ------------------------------------------------------------------------------------------------ console
+
+
+def render_console(profile: Profile, console: Console | None = None) -> None:
+    """Print the report: the per-signature table, the end-to-end summary of each input set and the environment.
+
+    The table has one section per decision (a target at one call signature): a heading row (name, kind, calls per
+    step, layer class, signature and the input sets it came from, the size range checked, the module instances),
+    the original's row, then one row per candidate with its full id (folded, never truncated), time, speedup with
+    its confidence interval, match, and a verdict line under the id (★ winner with the reason, ★ original kept
+    with the reason, failed with the error, mismatch, slower, ...).
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    console.print(Text("twinkle-tune report" + (f": {profile.model}" if profile.model else ""), style="bold"))
+    console.print(Text(_environment_line(profile), style="dim"))
+    settings = _settings_line(profile)
+    if settings:
+        console.print(Text(settings, style="dim"))
+
+    blocks = _blocks(profile)
+    if not blocks:
+        console.print(Text("No target was tuned: the profile lists no target.", style="yellow"))
+    else:
+        table = Table(title="Targets per call signature (times per model step; ★ = what runs after tuning)",
+                      title_justify="left")
+        table.add_column("Target / candidate", overflow="fold")
+        table.add_column("Median ± spread\nSpeedup [95% CI]", justify="right", overflow="fold")
+        table.add_column("Match", overflow="fold")
+        for b in blocks:
+            head = Text(b.target, style="bold")
+            head.append(f" · {b.kind} · {b.calls}")
+            if b.module_class:
+                head.append(f"\n{b.module_class}", style="dim")
+            head.append(f"\n{b.signature}", style="cyan")
+            if b.decision.range is not None:
+                head.append(f"\n{_range_text(b.decision.range)}", style="cyan")
+            if b.decision.modules:
+                head.append(f"\nmodules: {_modules_text(b.decision.modules, _CONSOLE_MODULES)}", style="dim")
+            table.add_row(head, Text(""), Text(""))
+            lines = _lines(b, _CONSOLE_ERROR)
+            for i, line in enumerate(lines):
+                cell = Text(line.label, style="bold green" if line.kind in _STAR else ("dim" if line.row is None
+                                                                                       else ""))
+                if line.verdict:
+                    cell.append("\n" + line.verdict, style=_STYLES.get(line.kind, "dim"))
+                speed = f"{line.speed} (reference)" if line.row is None and line.speed != "—" else line.speed
+                figures = f"{line.time}\n{speed}" + (f"\n{line.bandwidth}" if line.bandwidth else "")
+                match_style = "green" if line.match.startswith("✓") else (
+                    "red" if line.match.startswith("✗") else "dim")
+                table.add_row(cell, Text(figures, style="bold green" if line.kind == "winner" else ""),
+                              Text(line.match, style=match_style), end_section=i == len(lines) - 1)
+        console.print(table)
+
+    _render_end_to_end(profile, console)
+
+
+def _render_end_to_end(profile: Profile, console: Console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    sets = _e2e_sets(profile)
+    if not sets:
+        console.print(Text("End to end: not measured.", style="yellow"))
+    for heading, summary in sets:
+        rows = _e2e_rows(summary)
+        if not rows:
+            console.print(Text(f"{heading}: not measured.", style="yellow"))
+        else:
+            table = Table(title=f"{heading} (one model step)", title_justify="left")
+            table.add_column("", overflow="fold")
+            table.add_column("Median ± spread", justify="right", overflow="fold")
+            table.add_column("Speedup [95% CI]", justify="right", overflow="fold")
+            table.add_column("Peak memory", justify="right", overflow="fold")
+            for key, label, time, speed, mem in rows:
+                style = "bold green" if key == "tuned" else ""
+                table.add_row(Text(label, style=style), Text(time), Text(speed, style=style), Text(mem))
+            console.print(table)
+        for line in _summary_lines(profile, summary):
+            console.print(Text(line))
+        pareto = _pareto_rows(summary)
+        if pareto:
+            table = Table(title="Pareto front (latency vs peak memory)", title_justify="left")
+            table.add_column("Trial", justify="right")
+            table.add_column("Median", justify="right", overflow="fold")
+            table.add_column("Peak memory", justify="right", overflow="fold")
+            table.add_column("Choices", overflow="fold")
+            for number, time, mem, choices in pareto:
+                text = "\n".join(f"{k} = {v if v is not None else 'original'}" for k, v in choices.items()) or "—"
+                table.add_row(Text(number), Text(time), Text(mem), Text(text))
+            console.print(table)
+    for line in _seconds_lines(profile):
+        console.print(Text(line))
 
 
 # ------------------------------------------------------------------------------------------------ data frame
 
 
-def to_frame(profile: dict[str, Any]) -> pandas.DataFrame:
-    """One row per (target, candidate-or-fallback); the fallback's candidate is ``(original)``. Times in ms."""
+def to_frame(profile: Profile) -> pandas.DataFrame:
+    """One row per (target, signature, candidate-or-original); the original's candidate is ``(original)``. Times in
+    ms; ``sets`` and ``modules`` are comma-joined, ``range`` is ``low..high`` when the winner was checked across
+    sizes."""
     import pandas as pd
 
     rows = []
-    for t in _targets(profile):
-        winner = t.get("winner")
-        base = {"target": t.get("name"), "kind": t.get("kind"), "module_class": t.get("module_class"),
-                "modules": ",".join(str(m) for m in t["modules"]) if t.get("modules") else None,
-                "calls": t.get("calls")}
-        fb = t.get("fallback") or {}
-        fb_ok = _num(fb.get("median_ms")) is not None
-        rows.append({**base, "candidate": ORIGINAL, "source": "original", "median_ms": _num(fb.get("median_ms")),
-                     "spread": _num(fb.get("spread")), "speedup": 1.0 if fb_ok else None, "speedup_ci_low": None,
+    for b in _blocks(profile):
+        d = b.decision
+        base = {"target": b.target, "kind": b.kind, "module_class": b.module_class, "signature": d.text,
+                "sets": ",".join(d.sets), "range": f"{d.range.low}..{d.range.high}" if d.range else None,
+                "modules": ",".join(d.modules) or None, "calls": d.calls}
+        fb_ok = _num(d.baseline.median_ms) is not None
+        rows.append({**base, "candidate": ORIGINAL, "source": "original", "median_ms": _num(d.baseline.median_ms),
+                     "spread": _num(d.baseline.spread), "speedup": 1.0 if fb_ok else None, "speedup_ci_low": None,
                      "speedup_ci_high": None, "significant": None, "matches": True if fb_ok else None,
-                     "max_abs_err": None, "error": fb.get("error"), "winner": winner is None,
-                     "bandwidth_gbps": _num(fb.get("bandwidth_gbps")), "roofline_pct": _num(fb.get("roofline_pct"))})
-        for c in _candidates(t):
-            ci = c.get("speedup_ci")
-            ci = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
-            rows.append({**base, "candidate": c.get("id"), "source": c.get("source"),
-                         "median_ms": _num(c.get("median_ms")), "spread": _num(c.get("spread")),
-                         "speedup": _num(c.get("speedup")), "speedup_ci_low": _num(ci[0]),
-                         "speedup_ci_high": _num(ci[1]), "significant": c.get("significant"),
-                         "matches": c.get("matches"), "max_abs_err": _num(c.get("max_abs_err")),
-                         "error": c.get("error"), "winner": winner is not None and c.get("id") == winner,
-                         "bandwidth_gbps": _num(c.get("bandwidth_gbps")), "roofline_pct": _num(c.get("roofline_pct"))})
+                     "max_abs_err": None, "error": d.baseline.error, "winner": d.winner is None,
+                     "bandwidth_gbps": _num(d.baseline.bandwidth_gbps),
+                     "roofline_pct": _num(d.baseline.roofline_pct)})
+        for r in d.candidates:
+            low, high = r.speedup_ci if r.speedup_ci is not None else (None, None)
+            rows.append({**base, "candidate": r.id, "source": r.source, "median_ms": _num(r.median_ms),
+                         "spread": _num(r.spread), "speedup": _num(r.speedup), "speedup_ci_low": _num(low),
+                         "speedup_ci_high": _num(high), "significant": r.significant, "matches": r.matches,
+                         "max_abs_err": _num(r.max_abs_err), "error": r.error,
+                         "winner": d.winner is not None and r.id == d.winner, "bandwidth_gbps": _num(r.bandwidth_gbps),
+                         "roofline_pct": _num(r.roofline_pct)})
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
@@ -499,88 +565,76 @@ def _md_code(text: Any) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
-def _render_markdown(profile: dict[str, Any]) -> str:
+def _render_markdown(profile: Profile) -> str:
     out: list[str] = []
-    model = profile.get("model")
-    out.append(f"# twinkle-tune report{': ' + _md_code(model) if model else ''}\n")
+    out.append(f"# twinkle-tune report{': ' + _md_code(profile.model) if profile.model else ''}\n")
     out.append(f"**Environment:** {_md(_environment_line(profile))}  ")
-    if profile.get("created"):
-        out.append(f"**Created:** {_md(profile['created'])}  ")
+    if profile.created:
+        out.append(f"**Created:** {_md(profile.created)}  ")
     settings = _settings_line(profile)
     if settings:
         out.append(f"**Settings:** {_md(settings)}  ")
     out.append("")
 
-    out.append("## End to end (one model step)\n")
-    e2e = _e2e(profile)
-    present = [(k, label) for k, label in _E2E_ROWS if isinstance(e2e.get(k), dict)]
-    if present:
-        unit = _unit([e2e[k].get("median_ms") for k, _ in present])
-        out.append("| | median ± spread | speedup [95% CI] | peak memory |")
-        out.append("|---|---:|---:|---:|")
-        for key, label in present:
-            f = e2e[key]
-            speed = "1.00x" if key == "baseline" else _fmt_speedup(f.get("speedup"), f.get("speedup_ci"))
-            name = f"**{label}**" if key == "tuned" else label
-            out.append(f"| {name} | {_md(_fmt_time(f.get('median_ms'), f.get('spread'), unit))} | {_md(speed)} | "
-                       f"{_md(_fmt_mem(f.get('peak_mem_mb')))} |")
-        out.append("")
-    else:
+    sets = _e2e_sets(profile)
+    if not sets:
+        out.append("## End to end (one model step)\n")
         out.append("Not measured.\n")
-    for line in _summary_lines(profile):
-        out.append(f"- {_md(line)}")
-    out.append("")
-    pareto = [p for p in (e2e.get("pareto") or []) if isinstance(p, dict)]
-    if pareto:
-        unit = _unit([p.get("median_ms") for p in pareto])
-        out.append("### Pareto front (latency vs peak memory)\n")
-        out.append("| trial | median | peak memory | choices |")
-        out.append("|---:|---:|---:|---|")
-        for p in pareto:
-            choices = p.get("choices")
-            cells = ("<br>".join(f"{_md_code(k)} = {_md_code(v) if v is not None else 'original'}"
-                               for k, v in choices.items()) if isinstance(choices, dict) and choices else "—")
-            out.append(f"| {_md(p.get('number', ''))} | {_md(_fmt_time(p.get('median_ms'), None, unit))} | "
-                       f"{_md(_fmt_mem(p.get('peak_mem_mb')))} | {cells} |")
+    for heading, summary in sets:
+        out.append(f"## {heading} (one model step)\n")
+        rows = _e2e_rows(summary)
+        if rows:
+            out.append("| | median ± spread | speedup [95% CI] | peak memory |")
+            out.append("|---|---:|---:|---:|")
+            for key, label, time, speed, mem in rows:
+                name = f"**{label}**" if key == "tuned" else label
+                out.append(f"| {name} | {_md(time)} | {_md(speed)} | {_md(mem)} |")
+            out.append("")
+        else:
+            out.append("Not measured.\n")
+        out.extend(f"- {_md(line)}" for line in _summary_lines(profile, summary))
+        out.append("")
+        pareto = _pareto_rows(summary)
+        if pareto:
+            out.append("### Pareto front (latency vs peak memory)\n")
+            out.append("| trial | median | peak memory | choices |")
+            out.append("|---:|---:|---:|---|")
+            for number, time, mem, choices in pareto:
+                cells = "<br>".join(f"{_md_code(k)} = {_md_code(v) if v is not None else 'original'}"
+                                    for k, v in choices.items()) or "—"
+                out.append(f"| {_md(number)} | {_md(time)} | {_md(mem)} | {cells} |")
+            out.append("")
+    seconds = _seconds_lines(profile)
+    if seconds:
+        out.extend(f"- {_md(line)}" for line in seconds)
         out.append("")
 
     out.append("## Targets\n")
-    targets = _targets(profile)
-    if not targets:
+    blocks = _blocks(profile)
+    if not blocks:
         out.append("No target was tuned: the profile lists no target.\n")
     else:
-        out.append("★ marks what runs after tuning: the winning candidate, or the original when no candidate "
-                   "won.\n")
+        out.append("One group of rows per target and call signature, with the input sets whose calls had it. "
+                   "★ marks what runs after tuning at that signature: the winning candidate, or the original when "
+                   "no candidate won.\n")
         out.append("| target | calls | candidate | median ± spread | speedup [95% CI] | bandwidth | match | verdict |")
         out.append("|---|---:|---|---:|---:|---:|---|---|")
-        for t in targets:
-            unit = _target_unit(t)
-            head = [f"**{_md_code(t.get('name', '?'))}** ({_md(t.get('kind', '?'))})"]
-            if t.get("module_class"):
-                head.append(_md_code(t["module_class"]))
-            if t.get("modules"):
-                head.append("only: " + ", ".join(_md_code(m) for m in t["modules"]))
-            fb = t.get("fallback") or {}
-            rows: list[dict[str, Any] | None] = [None, *_candidates(t)]
-            for i, cand in enumerate(rows):
-                kind, verdict = _verdict(t, cand, _MD_ERROR)
-                if cand is None:
-                    label = ORIGINAL
-                    time = _fmt_time(fb.get("median_ms"), fb.get("spread"), unit)
-                    speed = "1.00x" if _num(fb.get("median_ms")) is not None else "—"
-                    match = "(ref)"
-                else:
-                    label = _md_code(cand.get("id", "?"))
-                    time = _fmt_time(cand.get("median_ms"), cand.get("spread"), unit)
-                    speed = _fmt_speedup(cand.get("speedup"), cand.get("speedup_ci"))
-                    match = _fmt_match(cand)
-                if kind in ("winner", "kept"):
-                    label, verdict = f"**★ {label}**", f"**{_md(verdict)}**"
-                else:
-                    verdict = _md(verdict)
-                cells = ["<br>".join(head) if i == 0 else "", _md(t.get("calls", "")) if i == 0 else "", label,
-                         _md(time), _md(speed), _md(_fmt_bandwidth(fb if cand is None else cand) or "—"), _md(match),
-                         verdict]
+        for b in blocks:
+            head = [f"**{_md_code(b.target)}** ({_md(b.kind)})"]
+            if b.module_class:
+                head.append(_md_code(b.module_class))
+            head.append(_md_code(b.decision.text) + (f" {_md(b.sets)}" if b.sets else ""))
+            if b.decision.range is not None:
+                head.append(_md(_range_text(b.decision.range)))
+            if b.decision.modules:
+                head.append("modules: " + ", ".join(_md_code(m) for m in b.decision.modules))
+            for i, line in enumerate(_lines(b, _MD_ERROR)):
+                label = ORIGINAL if line.row is None else _md_code(line.label)
+                verdict = _md(line.verdict)
+                if line.kind in _STAR:
+                    label, verdict = f"**★ {label}**", f"**{verdict}**"
+                cells = ["<br>".join(head) if i == 0 else "", _md(b.decision.calls) if i == 0 else "", label,
+                         _md(line.time), _md(line.speed), _md(line.bandwidth or "—"), _md(line.match), verdict]
                 out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -598,35 +652,28 @@ def _load_matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
-def _chart_panels(profile: dict[str, Any]) -> list[tuple[str, list[tuple[str, float | None, float | None, str]]]]:
-    """Panels of (label, median ms, spread ms, role) bars; role: original | winner | kept | candidate | failed |
-    mismatch | baseline | tuned."""
+_ROLES = {"winner": "winner", "failed": "failed", "mismatch": "mismatch"}  # candidate verdict kind -> bar role
+
+
+def _chart_panels(profile: Profile) -> list[tuple[str, list[tuple[str, float | None, float | None, str]]]]:
+    """Panels of (label, median ms, spread ms, role) bars, one per decision and one per input set's end to end;
+    role: original | winner | kept | candidate | failed | mismatch | baseline | tuned."""
     panels = []
-    for t in _targets(profile):
-        winner = t.get("winner")
-        fb = t.get("fallback") or {}
-        bars = [(ORIGINAL, _num(fb.get("median_ms")), _num(fb.get("spread")), "kept" if winner is None else "original")]
-        for c in _candidates(t):
-            if c.get("id") == winner and winner is not None:
-                role = "winner"
-            elif c.get("error"):
-                role = "failed"
-            elif c.get("matches") is False:
-                role = "mismatch"
+    for b in _blocks(profile):
+        bars = []
+        for line in _lines(b, _CONSOLE_ERROR):
+            if line.row is None:
+                role = "kept" if line.kind == "kept" else "original"
             else:
-                role = "candidate"
-            bars.append((str(c.get("id", "?")), _num(c.get("median_ms")), _num(c.get("spread")), role))
-        title = str(t.get("name", "?"))
-        if t.get("modules"):
-            title += f"  [only: {_modules_text(t['modules'], 3)}]"
-        title += f"  ({t.get('calls', '?')} calls/step)"
-        panels.append((title, bars))
-    e2e = _e2e(profile)
-    bars = [(k, _num(e2e[k].get("median_ms")), _num(e2e[k].get("spread")), k)
-            for k in ("baseline", "tuned") if isinstance(e2e.get(k), dict)]
-    if bars:
-        chosen = e2e.get("chosen")
-        panels.append(("end to end, one model step" + (f" (chosen: {chosen})" if chosen else ""), bars))
+                role = _ROLES.get(line.kind, "candidate")
+            bars.append((line.label, _num(line.figures.median_ms), _num(line.figures.spread), role))
+        panels.append((f"{b.target} · {_short(b.decision.text, _CHART_SIGNATURE)}{b.sets}  ({b.calls})", bars))
+    for heading, summary in _e2e_sets(profile):
+        bars = [(k, _num(summary[k].get("median_ms")), _num(summary[k].get("spread")), k)
+                for k in ("baseline", "tuned") if isinstance(summary.get(k), dict)]
+        if bars:
+            chosen = summary.get("chosen")
+            panels.append((f"{heading.lower()}, one model step" + (f" (chosen: {chosen})" if chosen else ""), bars))
     return panels
 
 
@@ -634,16 +681,15 @@ _COLORS = {"original": "#9e9e9e", "kept": "#2e7d32", "winner": "#2e7d32", "candi
            "failed": "#e0e0e0", "mismatch": "#ef9a9a", "baseline": "#9e9e9e", "tuned": "#2e7d32"}
 
 
-def _draw_chart(profile: dict[str, Any], panels: list[Any], path: str, figure_cls: Any, canvas_cls: Any) -> None:
+def _draw_chart(profile: Profile, panels: list[Any], path: str, figure_cls: Any, canvas_cls: Any) -> None:
     heights = [len(bars) + 1.2 for _, bars in panels]
     longest = max(len(label) for _, bars in panels for label, *_ in bars)
     width = min(18.0, 7.0 + 0.075 * longest)
     fig = figure_cls(figsize=(width, 0.9 + 0.38 * sum(heights)), layout="constrained")
     canvas_cls(fig)
     axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
-    env = profile.get("environment") or {}
-    fig.suptitle(f"twinkle-tune latency per model step — {env.get('device_name') or profile.get('device') or ''}, "
-                 f"{profile.get('mode') or ''}, {env.get('dtype') or ''}", fontsize=10)
+    fig.suptitle(f"twinkle-tune latency per model step — {profile.environment.device_name or profile.device}, "
+                 f"{profile.mode}", fontsize=10)
     from matplotlib.patches import Patch
 
     legend = [Patch(facecolor=_COLORS["original"], label="original code"),
@@ -696,7 +742,7 @@ def _draw_chart(profile: dict[str, Any], panels: list[Any], path: str, figure_cl
 # ------------------------------------------------------------------------------------------------ files
 
 
-def save_reports(profile: dict[str, Any], report_dir: str | os.PathLike[str]) -> list[Path]:
+def save_reports(profile: Profile, report_dir: str | os.PathLike[str]) -> list[Path]:
     """Write report.md, targets.csv and (when matplotlib is importable) latency.png, each atomically.
 
     Returns the paths written. An error while writing propagates; the file being written is left as it was.
