@@ -62,13 +62,12 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
         from twinkle.kernel import kernel_report, kernelize_model
 
         if stack == "torch":
-            from twinkle.kernel.pools import pool_members
+            from twinkle.kernel import use_pools
+            from twinkle.kernel.registry import REGISTRY
 
-            torch_ids = set(pool_members().get("torch", []))
-            # Only the torch pool: a profile-free kernelize picks per target by preference, so restrict the
-            # registry view to the torch pool's candidates through an in-memory profile naming them.
-            kernelize_model(model, mode=mode, device=device,
-                            profile=_all_of(torch_ids, device, mode))
+            REGISTRY.clear()  # only the torch pool's candidates: a profile-free kernelize picks among them
+            use_pools("torch")
+            kernelize_model(model, mode=mode, device=device)
         else:
             if not profile:
                 raise SystemExit(f"stack {stack} needs --profile-{mode}")
@@ -112,21 +111,6 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
             "tokens_per_s": ids.numel() / (ms * 1e-3),
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "applied": applied, "steps": steps}
-
-
-def _all_of(ids: set[str], device: str, mode: str) -> dict[str, Any]:
-    """An in-memory profile choosing, per registered target, the first candidate whose id is in ``ids``."""
-    from twinkle.kernel.profile import SCHEMA, SCHEMA_VERSION
-    from twinkle.kernel.registry import REGISTRY
-
-    targets = []
-    for kind in ("layer", "function"):
-        for name, cands in REGISTRY.targets(kind).items():  # type: ignore[arg-type]
-            winner = next((c.id for c in cands if c.id in ids), None)
-            if winner:
-                targets.append({"name": name, "kind": kind, "winner": winner})
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "mode": mode, "device": device, "environment": {},
-            "targets": targets}
 
 
 # ------------------------------------------------------------------------------------------------ parent

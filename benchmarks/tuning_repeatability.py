@@ -1,4 +1,4 @@
-"""Do repeated tunings choose the same winners? Compare the per-target choices of several profiles of one model.
+"""Do repeated tunings choose the same winners? Compare the per-signature choices of several profiles of one model.
 
     python benchmarks/tuning_repeatability.py profiles/a.json /tmp/b.json /tmp/c.json [--margin 0.05] [--json F]
 
@@ -16,57 +16,60 @@ import sys
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-def _key(entry: dict[str, Any]) -> str:
-    return entry["name"] + (f"[{entry['modules'][0]}]" if entry.get("modules") else "")
+from twinkle.kernel.profile import Decision, Profile, load_profile  # noqa: E402
 
 
-def options(entry: dict[str, Any]) -> dict[str | None, float]:
-    """Median time per step of each usable option of a target: the original (None) and matching candidates."""
+def decisions(profile: Profile) -> dict[str, Decision]:
+    """Each decision of a profile, by target and call signature."""
+    return {f"{t.name} @ {d.text}": d for t in profile.targets for d in t.decisions}
+
+
+def options(d: Decision) -> dict[str | None, float]:
+    """Median time per step of each usable option at a signature: the original (None) and matching candidates."""
     out: dict[str | None, float] = {}
-    if entry.get("fallback", {}).get("median_ms"):
-        out[None] = entry["fallback"]["median_ms"]
-    for c in entry.get("candidates", []):
-        if c.get("error") is None and c.get("matches") and c.get("median_ms"):
-            out[c["id"]] = c["median_ms"]
+    if d.baseline.median_ms:
+        out[None] = d.baseline.median_ms
+    for r in d.candidates:
+        if r.error is None and r.matches and r.median_ms:
+            out[r.id] = r.median_ms
     return out
 
 
-def per_target_pick(entry: dict[str, Any]) -> str | None:
-    """The per-target winner, before any end-to-end search replaced it."""
-    reason = entry.get("reason") or ""
-    if reason.startswith("end-to-end search chose") and "(per-target pick: " in reason:
-        pick = reason.rsplit("(per-target pick: ", 1)[1].rstrip(")")
+def per_target_pick(d: Decision) -> str | None:
+    """The per-signature winner, before any end-to-end search replaced it."""
+    if d.reason.startswith("end-to-end search chose") and "(per-target pick: " in d.reason:
+        pick = d.reason.rsplit("(per-target pick: ", 1)[1].rstrip(")")
         return None if pick == "None" else pick
-    if "per-target winners together were slower" in reason:
+    if "per-target winners together were slower" in d.reason:
         return None
-    return entry.get("winner")
+    return d.winner
 
 
-def compare(profiles: list[dict[str, Any]], margin: float) -> dict[str, Any]:
+def compare(profiles: list[Profile], margin: float) -> dict[str, Any]:
+    runs = [decisions(p) for p in profiles]
+    keys = list(dict.fromkeys(k for run in runs for k in run))
     rows = []
-    keys: list[str] = []
-    for p in profiles:
-        for e in p["targets"]:
-            if _key(e) not in keys:
-                keys.append(_key(e))
     for key in keys:
-        entries = [next((e for e in p["targets"] if _key(e) == key), None) for p in profiles]
-        if any(e is None for e in entries):
+        found = [run.get(key) for run in runs]
+        if any(d is None for d in found):
             rows.append({"target": key, "status": "missing in a run"})
             continue
         gaps, picks = [], []
-        for e in entries:
-            opts = sorted(options(e).values())
+        for d in found:
+            opts = sorted(options(d).values())  # type: ignore[arg-type]
             gaps.append(opts[1] / opts[0] - 1 if len(opts) > 1 else 0.0)
-            picks.append(per_target_pick(e))
+            picks.append(per_target_pick(d))  # type: ignore[arg-type]
         clear = all(g > margin for g in gaps)
         same = len(set(picks)) == 1
         status = ("same" if same else "DIFFERENT") if clear else ("same (close call)" if same else "close call")
         rows.append({"target": key, "status": status, "clear_cut": clear, "gaps": gaps, "picks": picks,
-                     "final": [e.get("winner") for e in entries]})
+                     "final": [d.winner for d in found]})  # type: ignore[union-attr]
     failed = [r for r in rows if r["status"] in ("DIFFERENT", "missing in a run")]
-    chosen = [p.get("end_to_end", {}).get("chosen") for p in profiles]
+    chosen = [{name: e.get("chosen") for name, e in p.end_to_end.items()} for p in profiles]
     return {"runs": len(profiles), "margin": margin, "targets": rows, "chosen": chosen, "ok": not failed}
 
 
@@ -78,7 +81,7 @@ def main() -> int:
     args = ap.parse_args()
     if len(args.profiles) < 2:
         ap.error("give two or more profiles")
-    result = compare([json.loads(Path(p).read_text()) for p in args.profiles], args.margin)
+    result = compare([load_profile(p) for p in args.profiles], args.margin)
     for r in result["targets"]:
         gaps = ", ".join(f"{g * 100:.0f}%" for g in r.get("gaps", []))
         print(f"{r['status']:18} {r['target']}  gap to runner-up per run: {gaps}")
