@@ -16,9 +16,7 @@ from typing import Any
 import torch
 
 from .profile import SizeRange
-from .signature import Key, _autocast, _value
-
-_grad_enabled = torch.is_grad_enabled
+from .signature import Key, call_key
 
 Ranged = tuple[SizeRange, Key, Callable[..., Any]]  # a checked range, the decision's signature, its kernel
 
@@ -55,8 +53,7 @@ class LayerDispatch:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
-        key = (_grad_enabled(), _autocast(), module.training, tuple([_value(a) for a in args]),
-               tuple([(k, _value(v)) for k, v in kwargs.items()]) if kwargs else ())
+        key = call_key(args, kwargs, module.training)
         fn = self.exact.get(key)
         if fn is None and (fn := self.verdicts.miss(key)) is None:
             if self.previous is not None:
@@ -75,8 +72,7 @@ class FunctionDispatch:
         functools.update_wrapper(self, original)  # name, docs and __wrapped__, as introspection expects
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = (_grad_enabled(), _autocast(), None, tuple([_value(a) for a in args]),
-               tuple([(k, _value(v)) for k, v in kwargs.items()]) if kwargs else ())
+        key = call_key(args, kwargs)
         fn = self.exact.get(key)
         if fn is None and (fn := self.verdicts.miss(key)) is None:
             return self.original(*args, **kwargs)

@@ -52,8 +52,11 @@ def _value(v: Any) -> Any:
 
 
 def call_key(args: tuple[Any, ...], kwargs: dict[str, Any], training: bool | None = None) -> Key:
-    """The signature of one call, as a hashable tuple (cheap: built on every call of a dispatching kernel)."""
-    return (_grad_enabled(), _autocast(), training, tuple([_value(a) for a in args]),
+    """The signature of one call, as a hashable tuple (cheap: built on every call of a dispatching kernel, so the
+    common cases, tensors and no autocast, are spelled out inline)."""
+    return (_grad_enabled(), None if _any_autocast is not None and not _any_autocast() else _autocast(), training,
+            tuple([("T", a.shape, a.dtype, a.is_cpu, a.requires_grad, None if a.is_contiguous() else a.stride())
+                   if isinstance(a, _Tensor) else _value(a) for a in args]),
             tuple([(k, _value(v)) for k, v in kwargs.items()]) if kwargs else ())
 
 
