@@ -40,8 +40,8 @@ for stage in $STAGES; do
       [ -f benchmarks/compile_check.py ] && python3 benchmarks/compile_check.py 2>&1 | tail -20 | tee -a "$LOG"
       ;;
     tune)
-      tune hf_tinyllama-cuda --patience "${PATIENCE:-4}"
-      tune hf_tinyllama-cuda-train --mode train --objective both --patience "${PATIENCE:-4}"
+      tune hf_tinyllama-cuda --patience "${PATIENCE:-4}"   # both input sets: long (4 x 2048) and short (64 x 128)
+      TWINKLE_EXAMPLE_SETS=long tune hf_tinyllama-cuda-train --mode train --objective both --patience "${PATIENCE:-4}"
       ;;
     stacks)
       python3 benchmarks/llama_stacks.py --profile-inference profiles/hf_tinyllama-cuda.json \
@@ -50,7 +50,7 @@ for stage in $STAGES; do
     repeat)
       for i in 2 3; do
         tune "repeat/hf_tinyllama-cuda-$i" --patience "${PATIENCE:-4}"
-        tune "repeat/hf_tinyllama-cuda-train-$i" --mode train --objective both --trials "${REPEAT_TRAIN_TRIALS:-20}" \
+        TWINKLE_EXAMPLE_SETS=long tune "repeat/hf_tinyllama-cuda-train-$i" --mode train --objective both --trials "${REPEAT_TRAIN_TRIALS:-20}" \
           --patience "${PATIENCE:-4}"
       done
       for m in cuda cuda-train; do
