@@ -317,3 +317,39 @@ def test_a_profile_loads_back_equal(pkg, settings, tmp_path):
     again = load_profile(path)
     assert again.to_json() == json.loads(json.dumps(profile.to_json()))
     assert again.targets[0].decisions[0].signature == profile.targets[0].decisions[0].signature
+
+
+class MarkedRowNorm(torch.nn.Module):
+    """RowNorm's maths plus one: where it ran shows in the result, compiled or not."""
+
+    def forward(self, x):
+        return x / x.norm(dim=-1, keepdim=True) * self.weight + 1
+
+
+def test_dispatch_adds_no_graph_break_under_torch_compile(pkg):
+    """A profile of a compile mode: the dispatcher is traced through; each shape still gets its own verdict."""
+    import torch._dynamo as dynamo
+
+    from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
+    from twinkle.kernel.registry import REGISTRY
+    from twinkle.kernel.signature import call_key, text
+
+    cand = register_layer_kernel("RowNorm", layer_impl=MarkedRowNorm, device="cpu", mode="compile")
+    with torch.no_grad():
+        key = call_key((rows(16),), {}, False)
+    code, _ = next(c for c in REGISTRY.targets("layer")["RowNorm"] if c.id == cand).identity("cpu", MarkedRowNorm)
+    row = Row(id=cand, source="impl", code=code, median_ms=0.1, speedup=2.0, speedup_ci=(1.9, 2.1),
+              significant=True, matches=True)
+    decision = Decision(signature=key, text=text(key), sets=("default",), calls=1, baseline=Baseline(median_ms=0.2),
+                        candidates=(row,), winner=cand, basis="faster", reason="2.00x")
+    profile = Profile(mode="compile", device="cpu", environment=environment("cpu"),
+                      targets=(Target("layer", "RowNorm", (decision,), ClassRef.of(pkg.model.RowNorm)),))
+    net = kernelize_model(pkg.model.Net().eval(), mode="compile", device="cpu", profile=profile)
+    norm = net.norm  # the kernelized layer alone (the model's own sleeping function breaks graphs by itself)
+    with torch.no_grad():
+        assert dynamo.explain(norm)(rows(16)).graph_break_count == 0
+        compiled = torch.compile(norm, backend="aot_eager")
+        for n in (16, 24, 16, 7):
+            x = rows(n)
+            original = x / x.norm(dim=-1, keepdim=True) * norm.weight
+            assert torch.allclose(compiled(x), original + 1 if n == 16 else original), n
