@@ -3,7 +3,8 @@
 - a Hub repo: the commit it was loaded from (when the loader's files say it) and a hash of the loaded files;
 - a local repo: a hash of the files of the variant it loaded (sources and binaries, never ``__pycache__``);
 - an implementation or a repo object: the version of the installed distribution that provides it, or a hash of
-  its source file where none does (code in MODEL_PY, an editable checkout);
+  its source file where none does (code in MODEL_PY, an editable checkout), with the versions of the installed
+  distributions that file imports (a pool's adapter and the library it calls: liger-kernel, triton);
 - plus the triton version wherever the code uses Triton.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 _COMMIT = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})[/\\]")
 _TRITON = re.compile(rb"^\s*(import triton|from triton)", re.MULTILINE)
+_IMPORT = re.compile(rb"^\s*(?:from|import)\s+([A-Za-z_]\w*)", re.MULTILINE)
 
 
 def code_identity(source_kind: str, loaded: Any, kernel: Any) -> tuple[str, str | None]:
@@ -76,8 +78,26 @@ def _object_identity(obj: Any) -> str:
     if not file:
         return f"unknown (no source file for {getattr(obj, '__qualname__', obj)})"
     data = Path(file).read_bytes()
+    uses = _imported_distributions(data)
     return (f"file {Path(file).name} sha256:{hashlib.sha256(data).hexdigest()[:16]}"
-            + (_triton() if _TRITON.search(data) else ""))
+            + (f"; uses {', '.join(uses)}" if uses else ""))
+
+
+def _imported_distributions(source: bytes) -> list[str]:
+    """``name version`` of each installed distribution a source file imports (at any depth: an adapter that imports
+    its library inside its functions too), besides torch (in the profile's environment) and twinkle itself."""
+    found = set()
+    tops = _top_level_distributions()
+    for match in _IMPORT.finditer(source):
+        top = match.group(1).decode()
+        for name in tops.get(top, []):
+            if name.lower() in ("torch", "twinkle-kernel"):
+                continue
+            try:
+                found.add(f"{name} {importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return sorted(found)
 
 
 def _distribution(module_name: str, file: str) -> tuple[str, str, bool] | None:
