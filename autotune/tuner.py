@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -432,7 +433,9 @@ def _decision(site: Site, fallback: _Measured, per_cand: dict[str, _Measured], c
             ci = (lo, hi)
             row.update(median_ms=w.median_ms(), spread=w.spread_ms(), speedup=speedup, speedup_ci=ci,
                        significant=lo > 1 + s.min_gain, matches=c is not None and c.matches,
-                       max_abs_err=c.max_abs_err if c is not None else None,
+                       # NaN/Inf where the original is finite: no figure (JSON has none), the mismatch says why
+                       max_abs_err=c.max_abs_err if c is not None and c.max_abs_err is not None
+                       and math.isfinite(c.max_abs_err) else None,
                        mismatch=c.detail if c is not None and not c.matches else None)
             row.update(achieved(step_bytes, row["median_ms"], copy_gbps))
         rows.append(Row(**row))

@@ -1,8 +1,9 @@
-"""kernelize_model(profile=...): the winners only, in this process or a fresh one; a corrupt, missing or foreign
-profile applies nothing and says why."""
+"""kernelize_model(profile=...): the winners only, at the call signatures measured, in this process or a fresh one;
+a corrupt, missing or foreign profile applies nothing and says why."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,13 +13,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from autotune import autotune
 from twinkle.kernel import KernelError, kernel_report, kernelize_model
 from twinkle.kernel.function import register_function_kernel
-from twinkle.kernel.profile import write_json_atomic
 
-from tune_helpers import target
+from tune_helpers import decision, edit_decisions, save
 
 REGISTER = '''
 from twinkle.kernel import register_layer_kernel
@@ -38,22 +39,33 @@ def tuned(tune_pkg, settings, tmp_path):
 
     net = tune_pkg.model.Net()
     profile = autotune(net, tune_pkg.model.example(), settings)
-    path = write_json_atomic(tmp_path / "profiles" / "net.json", profile)
+    path = save(profile, tmp_path / "profiles" / "net.json")
     return path, profile
 
 
 def test_round_trip_in_a_fresh_process(tuned, tune_pkg):
     path, profile = tuned
-    assert target(profile, "tune_pkg.ops.scale")["winner"] == "impl:tune_pkg.cands.scale_fast"
-    assert target(profile, "SlowNorm")["winner"] == "impl:tune_pkg.cands.FastNorm"
+    assert decision(profile, "tune_pkg.ops.scale").winner == "impl:tune_pkg.cands.scale_fast"
+    assert decision(profile, "SlowNorm").winner == "impl:tune_pkg.cands.FastNorm"
+    # Tuned in inference mode: the verdicts hold for a model in eval() called under no_grad().
     script = textwrap.dedent(f'''
         import json, sys
-        import tune_pkg.register, tune_pkg.model, tune_pkg.ops, tune_pkg.cands
+        import torch
+        import tune_pkg, tune_pkg.register, tune_pkg.model, tune_pkg.ops, tune_pkg.cands
         from twinkle.kernel import kernelize_model, kernel_report
-        net = kernelize_model(tune_pkg.model.Net(), device="cpu", profile={str(path)!r})
+        from twinkle.kernel.dispatch import FunctionDispatch, LayerDispatch
+        net = kernelize_model(tune_pkg.model.Net().eval(), device="cpu", profile={str(path)!r})
+        scale, norm = tune_pkg.ops.scale, vars(net.norm)["forward"]
+        ran = {{}}
+        with torch.no_grad():
+            for rows in (2, 3):  # 2: the shape measured; 3: a shape nobody measured
+                tune_pkg.RAN.clear()
+                net(torch.randn(rows, 8))
+                ran[rows] = list(tune_pkg.RAN)
         print(json.dumps({{
-            "scale_is_fast": tune_pkg.ops.scale is tune_pkg.cands.scale_fast,
-            "norm": net.norm.forward.__func__.__qualname__,
+            "scale": [type(scale).__name__] + [f.__qualname__ for f in scale.exact.values()],
+            "norm": [type(norm).__name__] + [f.__qualname__ for f in norm.exact.values()],
+            "ran": ran,
             "applied": sorted(e["candidate"] for e in kernel_report(net).to_dict()["entries"] if e["candidate"]),
         }}))
     ''')
@@ -61,7 +73,8 @@ def test_round_trip_in_a_fresh_process(tuned, tune_pkg):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen == {"scale_is_fast": True, "norm": "FastNorm.forward",
+    assert seen == {"scale": ["FunctionDispatch", "scale_fast"], "norm": ["LayerDispatch", "FastNorm.forward"],
+                    "ran": {"2": ["FastNorm", "scale_fast", "shift"], "3": ["SlowNorm", "scale", "shift"]},
                     "applied": ["impl:tune_pkg.cands.FastNorm", "impl:tune_pkg.cands.scale_fast"]}
 
 
@@ -75,24 +88,40 @@ def test_registered_targets_the_profile_does_not_mention_are_not_tuned(tuned, tu
     assert entry["status"] == "not tuned"
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ('{"schema": "something-else", "schema_version": 1}', "not a twinkle-kernel profile"),
-    ('{"schema": "twinkle-kernel/profile", "schema_version": 99}', "unknown schema_version 99"),
-    ('{"schema": "twinkle-kernel/profile", "schema_version": 1, "mode": "inference", "device": "cpu", '
-     '"targets": {"a": 1}}', "'targets' must be a list"),
-    ('{"schema": "twinkle-kernel/profile", "schema_version": 1, "mode": "inference", "device": "cpu", '
-     '"targets": [{"name": "x", "kind": "layer", "winner": 3}]}', "'winner' must be a candidate id or null"),
+def _first_decision(data: dict, name: str) -> dict:
+    """The JSON of the first decision of target ``name`` in a profile's JSON."""
+    return next(t for t in data["targets"] if t["name"] == name)["decisions"][0]
+
+
+@pytest.mark.parametrize("content, message, named", [
+    ("{not json", "not valid JSON", None),
+    ('{"schema": "something-else", "schema_version": 2}', "not a twinkle-kernel profile", None),
+    (lambda d: d.update(schema_version=99), "schema_version 99 cannot be read by this twinkle-kernel", None),
+    (lambda d: d.update(schema_version=1), "schema_version 1 cannot be read by this twinkle-kernel", None),
+    (lambda d: d.update(targets={"a": 1}), "targets: must be a list", None),
+    (lambda d: _first_decision(d, "tune_pkg.ops.scale").update(winner=3), "'winner' must be a string or null",
+     "tune_pkg.ops.scale"),
+    (lambda d: _first_decision(d, "tune_pkg.ops.scale").update(winner="impl:tune_pkg.cands.other"),
+     "the winner impl:tune_pkg.cands.other has no candidate row", "tune_pkg.ops.scale"),
+    (lambda d: _first_decision(d, "SlowNorm").update(nearest_shape=True), "unknown field 'nearest_shape'",
+     "SlowNorm"),
 ])
 def test_a_corrupt_profile_is_a_value_error_naming_the_file_and_nothing_is_applied(tuned, tune_pkg, tmp_path,
-                                                                                   content, message):
+                                                                                   content, message, named):
+    _, profile = tuned
+    if callable(content):  # an edit of the tuned profile's JSON
+        data = profile.to_json()
+        content(data)
+        content = json.dumps(data)
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     scale = tune_pkg.ops.scale
-    net = tune_pkg.model.Net()
+    net = tune_pkg.model.Net().eval()
     with pytest.raises(ValueError, match=message) as err:
         kernelize_model(net, device="cpu", profile=bad)
     assert str(bad) in str(err.value)
+    if named is not None:
+        assert f"target {named}" in str(err.value)
     assert tune_pkg.ops.scale is scale and "forward" not in vars(net.norm)
 
 
@@ -109,10 +138,10 @@ def test_a_missing_profile_is_file_not_found_naming_it(tuned, tune_pkg, tmp_path
 ])
 def test_a_profile_from_another_environment_warns_then_follows_use_fallback(tuned, tune_pkg, caplog, edit, named):
     path, profile = tuned
-    foreign = json.loads(json.dumps(profile))
+    foreign = profile.to_json()
     edit(foreign)
     scale = tune_pkg.ops.scale
-    net = tune_pkg.model.Net()
+    net = tune_pkg.model.Net().eval()  # the state measured: only the environment differs
 
     with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
         kernelize_model(net, device="cpu", profile=foreign)
@@ -126,10 +155,16 @@ def test_a_profile_from_another_environment_warns_then_follows_use_fallback(tune
 
 def test_a_winner_that_is_not_registered_now_is_not_applied(tuned, tune_pkg):
     path, profile = tuned
-    profile = json.loads(json.dumps(profile))
-    target(profile, "tune_pkg.ops.scale")["winner"] = "impl:tune_pkg.cands.gone"
+    gone = "impl:tune_pkg.cands.gone"
+
+    def renamed(d):  # the winner and its own row, as if it had been measured under an id not registered now
+        rows = tuple(dataclasses.replace(r, id=gone) if r.id == d.winner else r for r in d.candidates)
+        return dataclasses.replace(d, winner=gone, candidates=rows)
+
+    profile = edit_decisions(profile, "tune_pkg.ops.scale", renamed)
     scale = tune_pkg.ops.scale
     kernelize_model(None, device="cpu", profile=profile)
     assert tune_pkg.ops.scale is scale
     entry = next(e for e in kernel_report().to_dict()["entries"] if e["target"] == "tune_pkg.ops.scale")
-    assert any("impl:tune_pkg.cands.gone" in r and "not registered" in r for r in entry["reasons"])
+    assert any(gone in r and "not registered" in r for r in entry["reasons"])
+    assert entry["status"] == "original" and [v["kernel"] for v in entry["verdicts"]] == [None]

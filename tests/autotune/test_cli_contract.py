@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune_helpers import write_package
+from twinkle.kernel.profile import load_profile
+
+from tune_helpers import decision, write_package
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = '''
@@ -51,10 +52,9 @@ def tune(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def test_success_writes_the_profile_and_reports_at_the_defaults(work):
     out = tune(work, "mymodel.py", "--device", "cpu", "--trials", "2", "--quiet")
     assert out.returncode == 0, out.stderr
-    profile = json.loads((work / "profiles" / "mymodel.json").read_text())
-    assert profile["model"] == "mymodel.py"
-    scale = next(t for t in profile["targets"] if t["name"] == "tune_pkg.ops.scale")
-    assert scale["winner"] == "impl:tune_pkg.cands.scale_fast"
+    profile = load_profile(work / "profiles" / "mymodel.json")  # written as load_profile reads it: guards pass
+    assert profile.model == "mymodel.py"
+    assert decision(profile, "tune_pkg.ops.scale").winner == "impl:tune_pkg.cands.scale_fast"
     assert (work / "reports" / "mymodel" / "report.md").is_file()
     assert (work / "reports" / "mymodel" / "targets.csv").is_file()
     assert "profile: profiles/mymodel.json" in out.stdout
@@ -63,9 +63,9 @@ def test_success_writes_the_profile_and_reports_at_the_defaults(work):
 def test_patience_is_recorded_and_a_bad_one_or_a_bad_time_limit_writes_nothing(work):
     out = tune(work, "mymodel.py", "--device", "cpu", "--trials", "3", "--patience", "1", "--quiet")
     assert out.returncode == 0, out.stderr
-    profile = json.loads((work / "profiles" / "mymodel.json").read_text())
-    assert profile["settings"]["patience"] == 1
-    assert len(profile["end_to_end"]["trials"]) <= 3
+    profile = load_profile(work / "profiles" / "mymodel.json")
+    assert profile.settings["patience"] == 1
+    assert len(profile.end_to_end["default"]["trials"]) <= 3
     (work / "profiles" / "mymodel.json").unlink()
     for flag, value, message in (("--patience", "0", "patience must be a whole number >= 1"),
                                  ("--time-limit", "-1", "time limit must be a number of seconds > 0")):
@@ -132,8 +132,8 @@ def test_storage_lets_the_search_resume(work):
     second = tune(work, "mymodel.py", "--device", "cpu", "--trials", "4", "--storage", storage, "--quiet",
                   "--profile", "two.json")
     assert second.returncode == 0, second.stderr
-    one = [t["number"] for t in json.loads((work / "one.json").read_text())["end_to_end"]["trials"]]
-    two = [t["number"] for t in json.loads((work / "two.json").read_text())["end_to_end"]["trials"]]
+    one = [t["number"] for t in load_profile(work / "one.json").end_to_end["default"]["trials"]]
+    two = [t["number"] for t in load_profile(work / "two.json").end_to_end["default"]["trials"]]
     assert one == [0, 1] and two == [0, 1, 2, 3]
 
 
@@ -141,6 +141,7 @@ def test_the_embedded_example_runs(tmp_path):
     out = tune(tmp_path, str(ROOT / "examples" / "tiny_llama" / "model.py"), "--device", "cpu", "--trials", "2",
                "--quiet")
     assert out.returncode == 0, out.stderr
-    profile = json.loads((tmp_path / "profiles" / "model.json").read_text())
-    assert {t["name"] for t in profile["targets"]} == {"rmsnorm", "model.silu_and_mul", "model.apply_rotary"}
-    assert all(c["matches"] for t in profile["targets"] for c in t["candidates"])
+    profile = load_profile(tmp_path / "profiles" / "model.json")
+    assert {t.name for t in profile.targets} == {"rmsnorm", "model.silu_and_mul", "model.apply_rotary"}
+    assert all(t.decisions for t in profile.targets)
+    assert all(c.matches for t in profile.targets for d in t.decisions for c in d.candidates)

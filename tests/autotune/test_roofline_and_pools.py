@@ -14,7 +14,7 @@ from autotune.combination import pool_combinations
 from autotune.roofline import achieved, call_bytes
 from twinkle.kernel.function import register_function_kernel
 
-from tune_helpers import candidate, target
+from tune_helpers import candidate, decision
 
 SCALE = "tune_pkg.ops.scale"
 
@@ -39,14 +39,16 @@ def test_the_profile_holds_bytes_bandwidth_and_the_measured_copy_roofline(tune_p
     fast = register_function_kernel("scale", "tune_pkg.ops", func_impl="tune_pkg.cands:scale_fast", device="cpu")
     profile = autotune(tune_pkg.model.Net(), tune_pkg.model.example(), settings)
 
-    assert profile["roofline"]["copy_bandwidth_gbps"] > 0
-    entry = target(profile, SCALE)
-    assert entry["bytes_per_step"] == 2 * 2 * 8 * 4  # reads x (2x8 float32), writes the output
+    assert profile.roofline["copy_bandwidth_gbps"] > 0
+    entry = decision(profile, SCALE)
+    assert entry.bytes_per_step == 2 * 2 * 8 * 4  # reads x (2x8 float32), writes the output
     cand = candidate(entry, fast)
-    expected = entry["bytes_per_step"] / (cand["median_ms"] * 1e-3) / 1e9
-    assert cand["bandwidth_gbps"] == pytest.approx(expected)
-    assert cand["roofline_pct"] == pytest.approx(100 * expected / profile["roofline"]["copy_bandwidth_gbps"])
-    assert entry["fallback"]["bandwidth_gbps"] < cand["bandwidth_gbps"]  # the original sleeps
+    expected = entry.bytes_per_step / (cand.median_ms * 1e-3) / 1e9
+    assert cand.bandwidth_gbps == pytest.approx(expected)
+    assert cand.roofline_pct == pytest.approx(100 * expected / profile.roofline["copy_bandwidth_gbps"])
+    assert entry.baseline.bandwidth_gbps < cand.bandwidth_gbps  # the original sleeps
+    assert entry.baseline.roofline_pct == pytest.approx(
+        100 * entry.baseline.bandwidth_gbps / profile.roofline["copy_bandwidth_gbps"])
 
 
 def test_train_modes_record_no_bandwidth(tune_pkg, settings):
@@ -54,8 +56,11 @@ def test_train_modes_record_no_bandwidth(tune_pkg, settings):
 
     register_function_kernel("scale", "tune_pkg.ops", func_impl="tune_pkg.cands:scale_fast", device="cpu")
     profile = autotune(tune_pkg.model.Net(), tune_pkg.model.example(), replace(settings, mode="train"))
-    assert profile["roofline"]["copy_bandwidth_gbps"] is None
-    assert target(profile, SCALE)["bytes_per_step"] is None
+    assert profile.roofline["copy_bandwidth_gbps"] is None
+    entry = decision(profile, SCALE)
+    assert entry.bytes_per_step is None
+    assert entry.baseline.bandwidth_gbps is None
+    assert all(r.bandwidth_gbps is None and r.roofline_pct is None for r in entry.candidates)
 
 
 @pytest.fixture
@@ -82,9 +87,10 @@ def test_the_search_tries_each_pool_combination_and_labels_it(tune_pkg, settings
     fake_pools.update({"quick": [fast], "slow": [slower]})
     profile = autotune(tune_pkg.model.Net(), tune_pkg.model.example(), settings)
 
-    trials = profile["end_to_end"]["trials"]
+    key = f"{SCALE} @ {decision(profile, SCALE).text}"  # combinations name each target at each signature
+    trials = profile.end_to_end["default"]["trials"]
     by_label = {t["label"]: t for t in trials if t["label"]}
     assert by_label["first"]["number"] == 0
-    assert by_label["pool:slow"]["choices"] == {SCALE: slower}
+    assert by_label["pool:slow"]["choices"] == {key: slower}
     # the per-target pick is the fast candidate, so pool "quick" is the same combination and is not tried twice
-    assert "pool:quick" not in by_label and by_label["first"]["choices"] == {SCALE: fast}
+    assert "pool:quick" not in by_label and by_label["first"]["choices"] == {key: fast}

@@ -1,27 +1,38 @@
 """Helpers of the tuner's tests (imported by name, so that no test imports a ``conftest`` module): a small package
 whose originals are slow (they sleep) and candidates that are fast and right, fast and wrong, slower, or broken,
-and lookups into a profile."""
+and lookups into a profile (typed records, schema 2).
+
+The originals and the candidates that win (scale_fast, FastNorm, NormFor8, NormFor16) append their names to
+``tune_pkg.RAN`` when they run, so that a test sees which code served a call."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from autotune import TimerSettings
+from twinkle.kernel.profile import Decision, Profile, Row, Target, save_profile
 
 FAST_TIMER = TimerSettings(warmup=1, batch=3, min_samples=6, max_samples=12, max_seconds=0.2)
 
 FILES = {
-    "__init__.py": "",
+    "__init__.py": '''
+        RAN = []  # the names of the originals and candidates that ran, in order
+    ''',
     "ops.py": '''
         import time
 
+        from tune_pkg import RAN
+
         def scale(x):  # slow but correct
+            RAN.append("scale")
             time.sleep(0.003)
             return x * 2
 
         def shift(x):  # already fast: no candidate beats it
+            RAN.append("shift")
             return x + 1
     ''',
     "cands.py": '''
@@ -30,7 +41,10 @@ FILES = {
         import torch
         import torch.nn as nn
 
+        from tune_pkg import RAN
+
         def scale_fast(x):
+            RAN.append("scale_fast")
             return x * 2
 
         def scale_wrong(x):
@@ -56,6 +70,25 @@ FILES = {
 
         class FastNorm(nn.Module):
             def forward(self, x):
+                RAN.append("FastNorm")
+                return x * self.weight
+
+        class NormFor8(nn.Module):
+            """Fast on 8 features, slower than the original on any other number."""
+
+            def forward(self, x):
+                RAN.append("NormFor8")
+                if x.shape[-1] != 8:
+                    time.sleep(0.006)
+                return x * self.weight
+
+        class NormFor16(nn.Module):
+            """Fast on 16 features, slower than the original on any other number."""
+
+            def forward(self, x):
+                RAN.append("NormFor16")
+                if x.shape[-1] != 16:
+                    time.sleep(0.006)
                 return x * self.weight
 
         class _BadGrad(torch.autograd.Function):
@@ -85,7 +118,7 @@ FILES = {
         import torch
         import torch.nn as nn
 
-        from tune_pkg import ops
+        from tune_pkg import RAN, ops
 
         class SlowNorm(nn.Module):
             def __init__(self, dim):
@@ -93,6 +126,7 @@ FILES = {
                 self.weight = nn.Parameter(torch.linspace(0.5, 1.5, dim))
 
             def forward(self, x):
+                RAN.append("SlowNorm")
                 time.sleep(0.003)
                 return x * self.weight
 
@@ -132,14 +166,35 @@ def write_package(root: Path) -> Path:
     return root
 
 
-def target(profile: dict, name: str) -> dict:
-    return next(t for t in profile["targets"] if t["name"] == name)
+def target(profile: Profile, name: str) -> Target:
+    """The one target of ``profile`` named ``name``."""
+    (found,) = [t for t in profile.targets if t.name == name]
+    return found
 
 
-def candidate(entry: dict, cand_id: str) -> dict:
-    return next(c for c in entry["candidates"] if c["id"] == cand_id)
+def decision(profile: Profile, name: str) -> Decision:
+    """The single decision of target ``name`` (the target was called at one signature)."""
+    (found,) = target(profile, name).decisions
+    return found
 
 
-def save(profile: dict, path: Path) -> Path:
-    path.write_text(json.dumps(profile))
-    return path
+def candidate(d: Decision, cand_id: str) -> Row:
+    row = d.row(cand_id)
+    assert row is not None, f"no row {cand_id} at {d.text}: {[r.id for r in d.candidates]}"
+    return row
+
+
+def edit_decisions(profile: Profile, name: str, edit: Callable[[Decision], Decision]) -> Profile:
+    """``profile`` with every decision of target ``name`` replaced by ``edit(decision)``."""
+    return dataclasses.replace(profile, targets=tuple(
+        dataclasses.replace(t, decisions=tuple(edit(d) for d in t.decisions)) if t.name == name else t
+        for t in profile.targets))
+
+
+def keep_original(d: Decision) -> Decision:
+    """``d`` as it reads when the original is kept."""
+    return dataclasses.replace(d, winner=None, basis=None, range=None, reason="the original is kept (test edit)")
+
+
+def save(profile: Profile, path: Path) -> Path:
+    return save_profile(profile, path)

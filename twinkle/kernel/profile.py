@@ -570,8 +570,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write JSON to ``path`` atomically: never half written."""
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    """Write JSON to ``path`` atomically: never half written. NaN and infinities are refused (before anything is
+    written): JSON has no such numbers, and a file holding them could not be read back."""
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def save_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
