@@ -35,6 +35,12 @@ import torch.nn.functional as F  # noqa: E402
 MODELS = {"tiny": ROOT / "examples" / "tiny_llama" / "model.py", "hf-tinyllama": ROOT / "examples" / "hf_llama" / "model.py"}
 
 
+def _built(example: Any) -> tuple[Any, Any]:
+    """The example's model and inputs (its first input set, where it defines several: the long one)."""
+    model, inputs, sets = example.build()
+    return model, inputs if inputs is not None else next(iter(sets.values()))
+
+
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated decoder blocks (each one FSDP unit)."""
     inner = getattr(model, "model", model)
@@ -57,7 +63,7 @@ def train(example: Any, hf: bool, profile: dict[str, Any] | None, args: argparse
 
     from twinkle.kernel import kernel_report, kernelize_model, unkernelize
 
-    model, _ = example.build()
+    model, _ = _built(example)
     model = model.to(device=device, dtype=dtype).train()
     applied: list[str] = []
     if profile is not None:
@@ -139,7 +145,7 @@ def main() -> int:
     hf = args.model.startswith("hf")
     t_tune = None
     if args.tune:
-        model, inputs = example.build()
+        model, inputs = _built(example)
         if rank == 0:
             model = model.to(dtype=dtype)
         t0 = time.perf_counter()
@@ -152,7 +158,7 @@ def main() -> int:
     else:
         profile = load_shared_profile(args.profile)
 
-    _, inputs = example.build()
+    _, inputs = _built(example)
     seq = (inputs["input_ids"] if hf else inputs[0]).shape
     vocab = int(getattr(example.module, "VOCAB", 32000))
     gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own data; the same for both runs

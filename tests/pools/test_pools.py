@@ -542,7 +542,10 @@ def test_liger_rotary_overwrites_q_and_k_as_declared_and_the_tuner_allows_it(tin
     settings = TuneSettings(device=liger.device, mode="train", trials=0, seed=0, time_limit_s=60,
                             timer=TimerSettings(warmup=1, batch=3, min_samples=6, max_samples=12, max_seconds=0.2))
     profile = autotune(model, {"input_ids": ids, "labels": ids, "use_cache": False}, settings)
-    entry = next(t for t in profile["targets"] if t["name"] == f"{MODELING['llama']}.apply_rotary_pos_emb")
-    row = next(c for c in entry["candidates"] if c["id"] == cand)
-    assert row["error"] is None and row["matches"], row  # outputs and gradients right, checked again after timing
-    assert row["overwrites_inputs"] is True
+    target = profile.target("function", f"{MODELING['llama']}.apply_rotary_pos_emb")
+    assert target is not None and target.decisions  # one decision per call signature the model used
+    for decision in target.decisions:
+        row = decision.row(cand)
+        assert row is not None, decision.candidates
+        assert row.error is None and row.matches, row  # outputs and gradients right, checked again after timing
+        assert row.overwrites_inputs is True

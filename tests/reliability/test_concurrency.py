@@ -215,17 +215,30 @@ def test_registering_while_kernelizing() -> None:
 
 # ------------------------------------------------------------------------------------------------ processes
 
-WRITER = textwrap.dedent('''
+# A schema-2 profile of 300 function targets, each with one decision (the original kept), tagged through its
+# settings (a free-form record) and its target names, so that a reader can tell one whole write from a mix of two.
+PROFILE_OF = textwrap.dedent('''
+    from twinkle.kernel.profile import Baseline, Decision, Profile, Row, Target, environment
+
+    KEY = (False, None, None, (("obj", "float"),), ())
+    ENV = environment("cpu")
+
+    def profile_of(tag, n=300):
+        def decision(k):
+            row = Row(id=f"impl:m.f{k}", source="impl", code="file m.py sha256:0", median_ms=0.1 * k)
+            return Decision(signature=KEY, text="float", sets=("default",), calls=1, baseline=Baseline(median_ms=0.1),
+                            candidates=(row,), winner=None, basis=None, reason="no candidate is faster")
+        return Profile(mode="inference", device="cpu", environment=ENV, settings={"tag": tag},
+                       targets=tuple(Target("function", f"t{k}-{tag}", (decision(k),)) for k in range(n)))
+''')
+
+WRITER = PROFILE_OF + textwrap.dedent('''
     import sys
-    from twinkle.kernel.profile import write_json_atomic
+    from twinkle.kernel.profile import save_profile
 
     path, writer, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     for i in range(n):
-        tag = f"{writer}-{i}"
-        targets = [{"name": f"t{k}-{tag}", "kind": "function", "winner": None,
-                    "candidates": [{"id": f"impl:m.f{k}", "median_ms": 0.1 * k}]} for k in range(300)]
-        write_json_atomic(path, {"schema": "twinkle-kernel/profile", "schema_version": 1, "mode": "inference",
-                                 "device": "cpu", "environment": {}, "tag": tag, "targets": targets})
+        save_profile(profile_of(f"{writer}-{i}"), path)
 ''')
 
 READER = textwrap.dedent('''
@@ -243,9 +256,10 @@ READER = textwrap.dedent('''
         reads += 1
         try:
             data = json.loads(text)
-            tag = data["tag"]
+            tag = data["settings"]["tag"]
             assert len(data["targets"]) == 300 and all(t["name"].endswith("-" + tag) for t in data["targets"])
-            assert len(load_profile(path).choices) == 300
+            loaded = load_profile(path)
+            assert len(loaded.targets) == 300 and all(len(t.decisions) == 1 for t in loaded.targets)
             tags.add(tag)
         except Exception:
             torn += 1
@@ -256,13 +270,12 @@ READER = textwrap.dedent('''
 
 
 def test_profiles_written_by_two_processes_are_never_read_torn(tmp_path: Path) -> None:
-    from twinkle.kernel.profile import write_json_atomic
+    from twinkle.kernel.profile import save_profile
 
+    namespace: dict[str, Any] = {}
+    exec(PROFILE_OF, namespace)  # the writers' profile, built here too for the seed
     path, stop = tmp_path / "profiles" / "shared.json", tmp_path / "stop"
-    write_json_atomic(path, {"schema": "twinkle-kernel/profile", "schema_version": 1, "mode": "inference",
-                             "device": "cpu", "environment": {}, "tag": "seed",
-                             "targets": [{"name": f"t{k}-seed", "kind": "function", "winner": None}
-                                         for k in range(300)]})
+    save_profile(namespace["profile_of"]("seed"), path)
     writes = 150
     ready = tmp_path / "ready"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(stop), str(ready)], stdout=subprocess.PIPE,
@@ -284,7 +297,7 @@ def test_profiles_written_by_two_processes_are_never_read_torn(tmp_path: Path) -
     assert result["reads"] > 50 and result["tags"] > 10, result
     assert sorted(p.name for p in path.parent.iterdir()) == ["shared.json"], "temp files were left behind"
     final = json.loads(path.read_text())
-    assert final["tag"] in ("a-149", "b-149")
+    assert final["settings"]["tag"] in ("a-149", "b-149")
     count("profile writes (2 processes)", 2 * writes)
     count("profile reads (1 process)", result["reads"])
 

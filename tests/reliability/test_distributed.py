@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "fsdp_train.py"
+EXAMPLE = ROOT / "examples" / "tiny_llama" / "model.py"
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -38,17 +39,60 @@ def torchrun(tmp_path: Path, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
-def every_builtin(path: Path) -> Path:
-    """A profile choosing the example's torch-native candidate for each of its three targets."""
-    profile = {"schema": "twinkle-kernel/profile", "schema_version": 1, "mode": "train", "device": "cpu",
-               "environment": {}, "targets": [
-                   {"name": "rmsnorm", "kind": "layer", "winner": "impl:twinkle.kernel.builtin.RMSNorm"},
-                   {"name": "model.silu_and_mul", "kind": "function",
-                    "winner": "impl:twinkle.kernel.builtin.silu_and_mul"},
-                   {"name": "model.apply_rotary", "kind": "function",
-                    "winner": "impl:twinkle.kernel.builtin.apply_rotary"}]}
-    path.write_text(json.dumps(profile))
-    return path
+BUILTIN = {"rmsnorm": "impl:twinkle.kernel.builtin.RMSNorm",
+           "model.silu_and_mul": "impl:twinkle.kernel.builtin.silu_and_mul",
+           "model.apply_rotary": "impl:twinkle.kernel.builtin.apply_rotary"}
+
+
+def every_builtin(path: Path, seqs: tuple[int, ...] = (32, 64)) -> Path:
+    """A schema-2 profile (train mode, cpu) choosing the example's torch-native candidate for each of its three
+    targets, at every call signature of a training step on a batch of 2 sequences of each length in ``seqs`` (32:
+    the in-process runs below; 64: benchmarks/fsdp_train.py, which trains on the example's input shape). The
+    signatures are recorded as the tuner records them (autotune.capture), the code identities as the tuner does."""
+    import torch
+
+    from autotune.capture import capture
+    from autotune.model_file import load_model_file
+    from twinkle.kernel import register_kernels
+    from twinkle.kernel.profile import (Baseline, ClassRef, Decision, Profile, Row, Target, environment,
+                                        save_profile)
+    from twinkle.kernel.registry import REGISTRY
+
+    example = load_model_file(EXAMPLE).module
+    registered = {**REGISTRY.targets("layer"), **REGISTRY.targets("function")}
+    if not all(any(c.id == cid for c in registered.get(t, [])) for t, cid in BUILTIN.items()):
+        register_kernels(example.CANDIDATES)  # an earlier test imported the example: its candidates were cleared
+        registered = {**REGISTRY.targets("layer"), **REGISTRY.targets("function")}
+    cands = {t: next(c for c in registered[t] if c.id == cid) for t, cid in BUILTIN.items()}
+    model = example.build_model().train()
+    sites: dict = {}
+    for seq in seqs:
+        tokens = torch.randint(0, example.VOCAB, (2, seq), generator=torch.Generator().manual_seed(seq))
+        with torch.enable_grad():
+            capture(model, lambda: model(tokens), {"rmsnorm": [cands["rmsnorm"]]},
+                    {t: [cands[t]] for t in BUILTIN if t != "rmsnorm"}, f"seq{seq}", sites)
+    decisions: dict[str, list] = {t: [] for t in BUILTIN}
+    for site in sites.values():
+        cand = cands[site.target]
+        row = Row(id=cand.id, source="impl", code=cand.identity("cpu", cand.load("cpu"))[0], median_ms=0.2,
+                  spread=0.01, speedup=1.9, speedup_ci=(1.8, 2.0), significant=True, matches=True, max_abs_err=0.0)
+        decisions[site.target].append(Decision(
+            signature=site.key, text=site.signature, sets=tuple(site.sets), calls=site.calls,
+            baseline=Baseline(median_ms=0.4, spread=0.02), candidates=(row,), winner=cand.id, basis="faster",
+            reason="the torch-native candidate (chosen by hand)", modules=tuple(sorted(site.per_path))))
+    assert all(decisions.values()), {t: len(d) for t, d in decisions.items()}
+    profile = Profile(
+        mode="train", device="cpu", environment=environment("cpu"), model_class=ClassRef.of(type(model)),
+        sets=tuple(f"seq{seq}" for seq in seqs),
+        targets=tuple(Target("layer" if t == "rmsnorm" else "function", t, tuple(d),
+                             ClassRef.of(example.RMSNorm) if t == "rmsnorm" else None)
+                      for t, d in decisions.items()))
+    return save_profile(profile, path)
+
+
+def winners(profile) -> set[str]:
+    """The winners of a profile (twinkle.kernel.profile.Profile), over every target and call signature."""
+    return {d.winner for t in profile.targets for d in t.decisions if d.winner}
 
 
 @pytest.mark.parametrize("wrap", ["fsdp", "ddp"])
@@ -69,14 +113,15 @@ def test_a_profile_applied_model_trains_like_the_original_on_every_rank(tmp_path
 
 
 def test_tuning_happens_on_rank_0_and_every_rank_applies_its_profile(tmp_path):
+    from twinkle.kernel.profile import load_profile
+
     profile_path = tmp_path / "tuned.json"
     result = torchrun(tmp_path, "--tune", "--trials", "0", "--profile", str(profile_path))
 
-    written = json.loads(profile_path.read_text())  # written once, by rank 0, whole
-    assert written["mode"] == "train" and written["device"] == "cpu"
+    written = load_profile(profile_path)  # written once, by rank 0, whole
+    assert written.mode == "train" and written.device == "cpu"
     assert result["same_kernels_on_every_rank"]
-    winners = {t["winner"] for t in written["targets"] if t["winner"]}
-    assert {a.split(": ")[1] for a in result["applied_per_rank"][0]} == winners
+    assert {w for a in result["applied_per_rank"][0] for w in a.split(": ")[1].split(", ")} == winners(written)
     assert result["max_loss_diff"] <= 1e-4 * max(1.0, abs(result["plain"]["losses"][0]))
 
 
@@ -144,8 +189,8 @@ def _train(example, wrap: str, variant: str, profile, batches, world: int) -> di
     model = example.build_model().train()  # seeded: the same weights on every rank and in every variant
     if variant == "kernelized":
         kernelize_model(model, mode="train", device="cpu", use_fallback=False)
-    elif variant == "profile":
-        kernelize_model(model, mode="train", device="cpu", profile=profile, use_fallback=False)
+    elif variant == "profile":  # counting the calls at signatures it does not hold: they would run the originals
+        kernelize_model(model, mode="train", device="cpu", profile=profile, use_fallback=False, count_unmeasured=True)
     if wrap == "ddp":
         wrapped = DistributedDataParallel(model)
         opt = torch.optim.SGD(wrapped.parameters(), lr=0.05, momentum=0.9)
@@ -168,24 +213,25 @@ def _train(example, wrap: str, variant: str, profile, batches, world: int) -> di
         mean = loss.detach().clone()
         dist.all_reduce(mean)
         losses.append(mean.item() / world)
+    from twinkle.kernel import kernel_report
+
+    unmeasured = {e.target: e.unmeasured() for e in kernel_report(model).entries if e.unmeasured() is not None}
     unkernelize(model)  # function kernels are process-wide: the next variant starts from the originals
     gathered: list = [None] * world
     dist.all_gather_object(gathered, choices)
-    return {"losses": losses, "choices": choices, "choices_per_rank": gathered}
+    return {"losses": losses, "choices": choices, "choices_per_rank": gathered, "unmeasured": unmeasured}
 
 
 def _train_scenarios(rank: int, world: int, out: Path) -> dict:
     import torch
 
     from autotune.distributed import load_shared_profile
-    from twinkle.kernel.profile import write_json_atomic
 
     example = _example()
     # Only rank 0 has the profile file (as without a shared filesystem); rank 1 gets its text from rank 0.
     path = out / "rank0-only" / "profile.json"
     if rank == 0:
-        profile = json.loads(every_builtin(out / "template.json").read_text())
-        write_json_atomic(path, profile)
+        every_builtin(path)
     profile = load_shared_profile(path if rank == 0 else out / "rank1-has-no-such-file.json")
     gen = torch.Generator().manual_seed(100 + rank)  # each rank its own batches, the same for every variant
     batches = [torch.randint(0, example.VOCAB, (2, 32), generator=gen) for _ in range(STEPS)]
@@ -222,6 +268,9 @@ def test_kernelized_models_train_like_the_original_with_the_same_kernels_on_ever
     applied = {c[3] for c in per_rank[0] if c[2] == "applied"}
     assert applied == KERNELS, per_rank[0]
     assert not {c[3] for c in original["choices"] if c[2] == "applied"}  # the original ran no kernel
+    if variant == "profile":  # every call of the three targets, on both ranks, was at a signature the profile holds
+        for rank_result in trained:
+            assert rank_result[f"{wrap}/{variant}"]["unmeasured"] == {t: {} for t in BUILTIN}
 
 
 def test_the_profile_reaches_a_rank_without_the_file(trained):
@@ -245,7 +294,7 @@ def _tune_scenarios(rank: int, world: int, out: Path) -> dict:
     result: dict = {}
     # Each rank names its own path; only rank 0's is written.
     profile = tune_on_rank0(model, inputs, settings, out / f"rank{rank}" / "tuned.json", model_name="tiny_llama")
-    result["profile"] = profile
+    result["profile"] = profile.to_json()
     kernelize_model(model, mode="train", device="cpu", profile=profile, use_fallback=False)
     gathered: list = [None] * world
     dist.all_gather_object(gathered, _choices(model))
@@ -275,17 +324,20 @@ def torch_randn(*shape: int):
 
 
 def test_tune_on_rank0_tunes_once_and_every_rank_applies_the_same_profile(tmp_path):
+    from twinkle.kernel.profile import load_profile
+
     ranks = spawn(tmp_path, "tune")
 
     written = json.loads((tmp_path / "rank0" / "tuned.json").read_text())
     assert not (tmp_path / "rank1").exists()  # rank 1 wrote nothing: it received the profile
     assert ranks[0]["profile"] == ranks[1]["profile"] == written
-    assert written["mode"] == "train" and written["device"] == "cpu"
-    assert {t["name"] for t in written["targets"]} == {"rmsnorm", "model.silu_and_mul", "model.apply_rotary"}
+    loaded = load_profile(tmp_path / "rank0" / "tuned.json")  # and it is a profile kernelize accepts
+    assert loaded.mode == "train" and loaded.device == "cpu"
+    assert {t.name for t in loaded.targets} == {"rmsnorm", "model.silu_and_mul", "model.apply_rotary"}
     per_rank = ranks[0]["choices_per_rank"]
     assert per_rank[0] == per_rank[1] == ranks[1]["choices_per_rank"][1]
-    winners = {t["winner"] for t in written["targets"] if t["winner"]}
-    assert {c[3] for c in per_rank[0] if c[2] == "applied"} == winners  # exactly the profile's winners
+    applied = {w for c in per_rank[0] if c[2] == "applied" for w in c[3].split(", ")}
+    assert applied == winners(loaded)  # exactly the profile's winners
 
     for rank in ranks:  # a failure on rank 0 reaches every rank as TuneError
         assert "tuning on rank 0 failed" in rank["tune fails"] and "candidate" in rank["tune fails"]

@@ -14,7 +14,9 @@ import torch
 import torch.nn as nn
 
 import twinkle.kernel as tk
-from twinkle.kernel.profile import load_profile
+from twinkle.kernel import signature as sig
+from twinkle.kernel.dispatch import FunctionDispatch
+from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment, load_profile
 from twinkle.kernel.registry import REGISTRY
 
 CHECKED: Counter[str] = Counter()  # trust properties checked, per kind; printed by the last test
@@ -156,9 +158,25 @@ def test_untrusted_hub_kernels_need_trust_remote_code(untrusted_hub: list[Any], 
 # ------------------------------------------------------------------------------------------------ profiles
 
 
-def _profile(targets: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"schema": "twinkle-kernel/profile", "schema_version": 1, "mode": "inference", "device": "cpu",
-            "environment": {}, "targets": targets}
+X = torch.ones(2, 4)
+_ARGS = (("T", torch.Size([2, 4]), torch.float32, True, False, None),)
+FUNC_KEY: sig.Key = (False, None, None, _ARGS, ())  # double(X) with autograd off
+LAYER_KEY: sig.Key = (False, None, False, _ARGS, ())  # TrustNorm()(X) in eval mode, autograd off
+
+
+def _target(kind: str, name: str, key: sig.Key, winner: str, code: str) -> Target:
+    """A target whose one decision picks ``winner`` (its row says it matched and was significantly faster)."""
+    row = Row(id=winner, source="impl", code=code, median_ms=0.1, spread=0.01, speedup=2.0, speedup_ci=(1.9, 2.1),
+              significant=True, matches=True, max_abs_err=0.0)
+    decision = Decision(signature=key, text=sig.text(key), sets=("default",), calls=1,
+                        baseline=Baseline(median_ms=0.2, spread=0.01), candidates=(row,), winner=winner,
+                        basis="faster", reason="fastest matching candidate")
+    return Target(kind, name, (decision,), ClassRef.of(TrustNorm) if kind == "layer" else None)
+
+
+def _profile(*targets: Target) -> dict[str, Any]:
+    """A schema-2 profile's JSON, measured here (this environment), in inference mode on the cpu."""
+    return Profile(mode="inference", device="cpu", environment=environment("cpu"), targets=targets).to_json()
 
 
 def test_a_profile_never_imports(probe: str, tmp_path: Path) -> None:
@@ -166,19 +184,19 @@ def test_a_profile_never_imports(probe: str, tmp_path: Path) -> None:
     tk.register_kernels({"layers": {"TrustNorm": {"layer_impl": FastTrustNorm}},
                          "functions": {"double": {"target_module": OPS.__name__, "func_impl": fast_double}}})
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps(_profile([
-        {"name": f"{OPS.__name__}.double", "kind": "function", "winner": f"impl:{probe}.fn",
-         "candidates": [{"id": f"impl:{probe}.fn", "median_ms": 0.1}]},
-        {"name": "TrustNorm", "kind": "layer", "winner": f"impl:{probe}.Layer",
-         "candidates": [{"id": f"impl:{probe}.Layer", "median_ms": 0.1}]},
-    ])))
+    path.write_text(json.dumps(_profile(
+        _target("function", f"{OPS.__name__}.double", FUNC_KEY, f"impl:{probe}.fn", f"file {probe}.py sha256:0"),
+        _target("layer", "TrustNorm", LAYER_KEY, f"impl:{probe}.Layer", f"file {probe}.py sha256:0"))))
     before = set(sys.modules)
     load_profile(path)
     assert set(sys.modules) == before, "loading a profile imported modules"
-    model = nn.Sequential(TrustNorm())
+    model = nn.Sequential(TrustNorm()).eval()
     tk.kernelize_model(model, device="cpu", profile=path)
     assert probe not in sys.modules
     assert OPS.double is slow_double and "forward" not in vars(model[0])
+    with torch.no_grad():  # called at the very signatures the profile names: still nothing imported
+        model(X), OPS.double(X)
+    assert probe not in sys.modules
     entries = {e.target: e for e in tk.kernel_report(model).entries}
     for target, winner in ((f"{OPS.__name__}.double", f"impl:{probe}.fn"), ("TrustNorm", f"impl:{probe}.Layer")):
         assert entries[target].status == "original"
@@ -189,10 +207,13 @@ def test_a_profile_never_imports(probe: str, tmp_path: Path) -> None:
 def test_a_profile_only_narrows_what_is_registered(tmp_path: Path) -> None:
     """The same kind of profile naming the registered candidate does apply it: ids select, they never add."""
     ids = tk.register_kernels({"functions": {"double": {"target_module": OPS.__name__, "func_impl": fast_double}}})
+    (cand,) = REGISTRY.targets("function")[f"{OPS.__name__}.double"]
+    code, _ = cand.identity("cpu", cand.load("cpu"))
     before = snapshot()
-    tk.kernelize_model(None, device="cpu", profile=_profile([
-        {"name": f"{OPS.__name__}.double", "kind": "function", "winner": ids[0]}]))
-    assert OPS.double is fast_double
+    tk.kernelize_model(None, device="cpu", profile=_profile(
+        _target("function", f"{OPS.__name__}.double", FUNC_KEY, ids[0], code)))
+    assert isinstance(OPS.double, FunctionDispatch) and OPS.double.original is slow_double
+    assert list(OPS.double.exact.values()) == [fast_double]  # the registered candidate, and only it
     assert snapshot() == before
     tk.unkernelize()
     assert OPS.double is slow_double

@@ -23,9 +23,9 @@ import torch
 
 from autotune import TimerSettings, TuneSettings, autotune
 from autotune.report import save_reports
-from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel
+from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel, unkernelize
 from twinkle.kernel.function import register_function_kernel
-from twinkle.kernel.profile import load_profile, write_json_atomic
+from twinkle.kernel.profile import Decision, Profile, Row, Target, load_profile, save_profile
 
 COUNTS: Counter[str] = Counter()  # faults injected, runs, checks: printed when the module ends
 LIMIT_S = 0.75  # the per-candidate time limit of these runs; the hanging candidates sleep far longer
@@ -251,7 +251,7 @@ def settings() -> TuneSettings:
 
 
 def tune(net: torch.nn.Module, inputs: tuple[Any, ...], settings: TuneSettings, faults: dict[str, str],
-         outer_alarm: bool = False) -> dict[str, Any]:
+         outer_alarm: bool = False) -> Profile:
     """Tune with ``faults`` (candidate id -> fault) registered; check the timer signal is left as it was."""
     handler = signal.getsignal(signal.SIGALRM)
     profile = autotune(net, inputs, settings, model_name="faulty")
@@ -265,12 +265,20 @@ def tune(net: torch.nn.Module, inputs: tuple[Any, ...], settings: TuneSettings, 
     return profile
 
 
-def entry_of(profile: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(t for t in profile["targets"] if t["name"] == name)
+def entry_of(profile: Profile, name: str) -> Target:
+    return next(t for t in profile.targets if t.name == name)
 
 
-def row_of(entry: dict[str, Any], cand_id: str) -> dict[str, Any]:
-    return next(c for c in entry["candidates"] if c["id"] == cand_id)
+def decision_of(entry: Target) -> Decision:
+    """The target's one decision: each target of ``faulty_pkg.model.Net`` is called at one signature."""
+    (decision,) = entry.decisions
+    return decision
+
+
+def row_of(entry: Target, cand_id: str) -> Row:
+    row = decision_of(entry).row(cand_id)
+    assert row is not None, f"no row for {cand_id}"
+    return row
 
 
 # The evidence each fault leaves in its candidate row: ("error" | "mismatch", words of the reason).
@@ -305,39 +313,69 @@ EVIDENCE = {
 }
 
 
-def check_marked(profile: dict[str, Any], entry: dict[str, Any], faults: dict[str, str], tmp_path: Path) -> None:
+def check_marked(profile: Profile, entry: Target, faults: dict[str, str], tmp_path: Path) -> None:
     """Every faulty candidate is marked in its row and in the saved report, with its reason, and did not win."""
     report = "\n".join(p.read_text(encoding="utf-8") for p in save_reports(profile, tmp_path / "report")
                        if p.suffix in (".md", ".csv"))
+    decision = decision_of(entry)
     for cand_id, fault in faults.items():
         row = row_of(entry, cand_id)
         where, words = EVIDENCE[fault]
         if where == "error":
-            assert row["error"] and words in row["error"], (fault, row)
-            assert row["median_ms"] is None and row["speedup"] is None
+            assert row.error and words in row.error, (fault, row)
+            assert row.median_ms is None and row.speedup is None
         else:
-            assert row["error"] is None and row["matches"] is False, (fault, row)
-            assert words in row["mismatch"], (fault, row["mismatch"])
-        assert not (row["matches"] and row["error"] is None)  # so the search never tries it either
-        assert entry["winner"] != cand_id
+            assert row.error is None and row.matches is False, (fault, row)
+            assert row.mismatch is not None and words in row.mismatch, (fault, row.mismatch)
+        assert not (row.matches and row.error is None)  # so the search never tries it either
+        assert decision.winner != cand_id
         assert cand_id in report and words.split(":")[0] in report, (fault, cand_id)
         COUNTS["marked"] += 1
-    for trial in profile["end_to_end"].get("trials", []):
-        assert not set(trial["choices"].values()) & set(faults), trial
+    assert profile.end_to_end  # one summary per input set
+    for summary in profile.end_to_end.values():
+        for trial in summary.get("trials", []):
+            assert not set(trial["choices"].values()) & set(faults), trial
 
 
-def check_good_measured_and_applied(profile: dict[str, Any], entry: dict[str, Any], good: str, net: Any,
+def check_applied(net: Any, profile: Profile | Path, mode: str, entry: Target, good: str,
+                  inputs: tuple[Any, ...]) -> None:
+    """``profile`` applied to ``net`` runs ``good`` for the target when the model is called as it was tuned (its
+    train/eval state and grad mode): the call is at the signature measured, so the winner serves it."""
+    train = mode in ("train", "train+compile")
+    net.train(train)
+    with torch.set_grad_enabled(train):
+        expected = net(*inputs)
+    kernelize_model(net, mode=mode, device="cpu", profile=profile, count_unmeasured=True)
+    try:
+        applied = {e.target: e for e in kernel_report(net).entries if e.status == "applied"}
+        assert applied[entry.name].candidate == good
+        assert [v.kernel for v in applied[entry.name].verdicts] == [good]
+        with torch.set_grad_enabled(train):
+            got = net(*inputs)
+        assert applied[entry.name].unmeasured() == {}  # measured signature: the winner ran, not the original
+        torch.testing.assert_close(got, expected)
+    finally:
+        unkernelize(net)
+
+
+def check_good_measured_and_applied(profile: Profile, entry: Target, good: str, net: Any, inputs: tuple[Any, ...],
                                     tmp_path: Path) -> None:
-    """The good candidate was measured, matched and won; the written profile reads back and applies it."""
+    """The good candidate was measured, matched and won, and the profile applies it; then the profile written to a
+    file reads back the same and applies it too."""
     row = row_of(entry, good)
-    assert row["error"] is None and row["matches"] and row["median_ms"] > 0 and row["significant"]
-    assert entry["winner"] == good
-    path = write_json_atomic(tmp_path / "faulty.json", profile)
-    assert load_profile(path).for_target(entry["kind"], entry["name"])[0].winner == good
-    kernelize_model(net, mode=profile["mode"], device="cpu", profile=path)
-    applied = {e.target: e.candidate for e in kernel_report(net).entries if e.status == "applied"}
-    assert applied[entry["name"]] == good
+    assert row.error is None and row.matches and row.median_ms > 0 and row.significant
+    decision = decision_of(entry)
+    assert decision.winner == good and decision.basis == "faster"
+    check_applied(net, profile, profile.mode, entry, good, inputs)
     COUNTS["measured"] += 1
+    check_reads_back(profile, tmp_path / "faulty.json")
+    check_applied(net, tmp_path / "faulty.json", profile.mode, entry, good, inputs)
+
+
+def check_reads_back(profile: Profile, path: Path) -> None:
+    """The profile, saved, loads back as the same profile."""
+    save_profile(profile, path)
+    assert load_profile(path).to_json() == profile.to_json()
 
 
 def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
@@ -364,10 +402,10 @@ def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win
     profile = tune(net, faulty_pkg.model.example(), settings, faults)
 
     entry = entry_of(profile, SCALE)
-    assert len(entry["candidates"]) == len(faults) + 1  # every candidate has its row: none was dropped
+    assert len(decision_of(entry).candidates) == len(faults) + 1  # every candidate has its row: none was dropped
     check_marked(profile, entry, faults, tmp_path)
-    check_good_measured_and_applied(profile, entry, reg["scale_fast"], net, tmp_path)
-    json.loads(json.dumps(profile))  # plain JSON, whatever the faults put in it
+    json.loads(json.dumps(profile.to_json(), allow_nan=False))  # plain JSON (no NaN/Infinity), whatever the faults
+    check_good_measured_and_applied(profile, entry, reg["scale_fast"], net, faulty_pkg.model.example(), tmp_path)
 
 
 def test_a_kernel_that_declares_it_overwrites_its_inputs_is_allowed_and_said_to(faulty_pkg, settings, tmp_path):
@@ -383,9 +421,9 @@ def test_a_kernel_that_declares_it_overwrites_its_inputs_is_allowed_and_said_to(
     check_marked(profile, entry, {undeclared: "mutates its input"}, tmp_path)
     row = row_of(entry, declared)
     # Timed over and over on one overwritten input, then checked again on the captured values: still right.
-    assert row["overwrites_inputs"] is True and row["matches"] and row["error"] is None
-    assert "overwrites_inputs" not in row_of(entry, undeclared)
-    check_good_measured_and_applied(profile, entry, declared, net, tmp_path)
+    assert row.overwrites_inputs is True and row.matches and row.error is None
+    assert row_of(entry, undeclared).overwrites_inputs is False
+    check_good_measured_and_applied(profile, entry, declared, net, faulty_pkg.model.example(), tmp_path)
     report = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "writes into its inputs (declared overwrites\\_inputs)" in report  # markdown-escaped
 
@@ -403,7 +441,7 @@ def test_layer_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(fa
     entry = entry_of(profile, "SlowNorm")
     check_marked(profile, entry, faults, tmp_path)
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # tuning left the weights alone
-    check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, tmp_path)
+    check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, faulty_pkg.model.example(), tmp_path)
 
 
 def test_train_mode_gradient_faults_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
@@ -417,10 +455,10 @@ def test_train_mode_gradient_faults_are_marked_and_never_win(faulty_pkg, setting
 
     profile = tune(net, (x,), settings, faults)
 
+    assert all(p.grad is None for p in net.parameters())  # the faults left no gradient behind
     entry = entry_of(profile, "SlowNorm")
     check_marked(profile, entry, faults, tmp_path)
-    check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, tmp_path)
-    assert all(p.grad is None for p in net.parameters())  # the faults left no gradient behind
+    check_good_measured_and_applied(profile, entry, reg["FastNorm"], net, (x,), tmp_path)
 
 
 def test_when_every_candidate_is_faulty_tuning_finishes_and_keeps_the_original(faulty_pkg, settings, tmp_path):
@@ -435,11 +473,16 @@ def test_when_every_candidate_is_faulty_tuning_finishes_and_keeps_the_original(f
 
     entry = entry_of(profile, SCALE)
     check_marked(profile, entry, faults, tmp_path)
-    assert entry["winner"] is None and profile["end_to_end"]["chosen"] == "baseline"
-    assert entry["fallback"]["median_ms"] > 0  # the original was measured all the same
-    kernelize_model(net, device="cpu", profile=write_json_atomic(tmp_path / "kept.json", profile))
-    assert faulty_pkg.ops.scale is original
+    decision = decision_of(entry)
+    assert decision.winner is None and decision.basis is None and profile.end_to_end["default"]["chosen"] == "baseline"
+    assert decision.baseline.median_ms > 0  # the original was measured all the same
+    kernelize_model(net, device="cpu", profile=profile)
+    assert faulty_pkg.ops.scale is original  # no winner at any signature: not even a dispatcher
+    unkernelize(net)
     COUNTS["measured"] += 1  # the original, here the only good contender
+    check_reads_back(profile, tmp_path / "kept.json")
+    kernelize_model(net, device="cpu", profile=tmp_path / "kept.json")
+    assert faulty_pkg.ops.scale is original
 
 
 def test_an_alarm_set_by_the_caller_survives_the_time_limits(faulty_pkg, settings, tmp_path):
@@ -464,7 +507,7 @@ def test_an_alarm_set_by_the_caller_survives_the_time_limits(faulty_pkg, setting
         signal.signal(signal.SIGALRM, handler)
     check_marked(profile, entry_of(profile, SCALE), {ids["scale_hangs"]: "hangs"}, tmp_path)
     check_good_measured_and_applied(profile, entry_of(profile, SCALE), ids["scale_fast"], faulty_pkg.model.Net(),
-                                    tmp_path)
+                                    faulty_pkg.model.example(), tmp_path)
 
 
 def test_figures(capsys: pytest.CaptureFixture[str]) -> None:

@@ -253,8 +253,8 @@ class _Reader:
         """``data`` as keyword arguments of the dataclass ``record``: unknown fields refused, required ones needed."""
         if not isinstance(data, dict):
             raise self.bad(where, "must be an object")
-        known = {f.name: f for f in dataclasses.fields(record)}
-        extra = sorted(set(data) - set(known) - {"origin"})
+        known = {f.name: f for f in dataclasses.fields(record) if f.name != "origin"}  # origin: where it was read
+        extra = sorted(set(data) - set(known))
         if extra:
             raise self.bad(where, f"unknown field {extra[0]!r} (this twinkle-kernel reads schema {SCHEMA_VERSION}; "
                                   "a hand-edited profile is not applied: re-run twinkle-tune)")
@@ -323,6 +323,9 @@ def parse(data: Any, origin: str) -> Profile:
     for name in ("settings", "end_to_end", "roofline", "seconds"):
         if not isinstance(kw.get(name, {}), dict):
             raise r.bad(name, "must be an object")
+    for name, summary in kw.get("end_to_end", {}).items():
+        if not isinstance(summary, dict):
+            raise r.bad(f"end_to_end.{name}", "must be an object (the end-to-end record of that input set)")
     for name in ("model", "created"):
         r.text(kw.get(name), name, name)
     if kw.get("model_class") is not None:
