@@ -54,6 +54,7 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
     model = model.to(device)
     ids = inputs["input_ids"].to(device)
     applied: list[str] = []
+    report = None
     if stack == "liger":
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
@@ -71,8 +72,9 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
         else:
             if not profile:
                 raise SystemExit(f"stack {stack} needs --profile-{mode}")
-            kernelize_model(model, mode=mode, device=device, profile=profile)
-        applied = sorted({f"{e.target}: {e.candidate}" for e in kernel_report(model).entries if e.candidate})
+            kernelize_model(model, mode=mode, device=device, profile=profile, count_unmeasured=True)
+        report = kernel_report(model)
+        applied = sorted({f"{e.target}: {e.candidate}" for e in report.entries if e.candidate})
     if stack.startswith("compiled"):
         model = torch.compile(model)
     model.train(mode == "train")
@@ -110,7 +112,10 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
     return {"stack": stack, "mode": mode, "median_ms": ms, "min_ms": min(times), "max_ms": max(times),
             "tokens_per_s": ids.numel() / (ms * 1e-3),
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "applied": applied, "steps": steps}
+            "applied": applied, "steps": steps,
+            # tuned stacks: calls that ran the original because their signature was never measured
+            "unmeasured": None if report is None else {e.target: sum((e.unmeasured() or {}).values())
+                                                       for e in report.entries if e.unmeasured() is not None}}
 
 
 # ------------------------------------------------------------------------------------------------ parent

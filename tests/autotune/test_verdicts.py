@@ -353,3 +353,13 @@ def test_dispatch_adds_no_graph_break_under_torch_compile(pkg):
             x = rows(n)
             original = x / x.norm(dim=-1, keepdim=True) * norm.weight
             assert torch.allclose(compiled(x), original + 1 if n == 16 else original), n
+
+
+def test_keyword_arguments_match_whatever_order_they_are_passed_in():
+    from twinkle.kernel.signature import call_key, from_json, to_json
+
+    x = rows(4)
+    key = call_key((), {"labels": x, "input_ids": x, "use_cache": False})
+    assert key == call_key((), {"use_cache": False, "input_ids": x, "labels": x})
+    assert from_json(to_json(key)) == key
+    assert key != call_key((), {"labels": x, "input_ids": rows(5), "use_cache": False})

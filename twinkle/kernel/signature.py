@@ -1,8 +1,8 @@
 """Call signatures: the key under which a verdict was measured, and is looked up at every call.
 
 A key holds what changes which code is right and fast for a call: for each tensor argument its shape, dtype,
-whether it is on the host, ``requires_grad`` and, for a non-contiguous tensor, its strides; the value of each
-plain argument (None, bool, int, float, str); the type of any other object; and, around the call, whether
+whether it is on the host, ``requires_grad`` and, for a non-contiguous tensor, its strides; keyword arguments by
+name, whatever order they are passed in; the value of each plain argument (None, bool, int, float, str); the type of any other object; and, around the call, whether
 autograd records (grad mode), the autocast state and, for layers, the module's ``training`` flag. ``call_key``
 builds it cheaply at run time; ``to_json`` / ``from_json`` turn it into the profile's JSON form and back, exactly.
 """
@@ -57,7 +57,7 @@ def call_key(args: tuple[Any, ...], kwargs: dict[str, Any], training: bool | Non
     return (_grad_enabled(), None if _any_autocast is not None and not _any_autocast() else _autocast(), training,
             tuple([("T", a.shape, a.dtype, a.is_cpu, a.requires_grad, None if a.is_contiguous() else a.stride())
                    if isinstance(a, _Tensor) else _value(a) for a in args]),
-            tuple([(k, _value(v)) for k, v in kwargs.items()]) if kwargs else ())
+            tuple([(k, _value(kwargs[k])) for k in sorted(kwargs)]) if kwargs else ())
 
 
 # ------------------------------------------------------------------------------------------------ JSON form
@@ -99,7 +99,7 @@ def from_json(data: Any) -> Key:
         raise ValueError("signature: 'args' must be a list and 'kwargs' an object")
     return (grad, tuple(tuple(p) for p in autocast) if autocast else None, training,
             tuple(_from_json_value(a) for a in data["args"]),
-            tuple((str(k), _from_json_value(v)) for k, v in data["kwargs"].items()))
+            tuple((str(k), _from_json_value(data["kwargs"][k])) for k in sorted(data["kwargs"])))
 
 
 def _from_json_value(v: Any) -> Any:
