@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .model_file import load_model_file
 
         model_file = load_model_file(args.model_py)
-        model, inputs, sets = model_file.build()
+        model = model_file.model()
+        sets = model_file.input_sets() if model_file.has_sets() else None
+        inputs = None if sets is not None else model_file.inputs()
         stem = model_file.stem
         mode = "train" if args.mode == "training" else args.mode
         settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, patience=args.patience,

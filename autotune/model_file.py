@@ -23,29 +23,41 @@ class ModelFile:
     def stem(self) -> str:
         return self.path.stem
 
-    def build(self) -> tuple[Any, Any, dict[str, Any] | None]:
-        """``(build_model(), example_inputs(), None)``, or ``(build_model(), None, input_sets())`` when the file
-        defines ``input_sets()``; errors name the file and the function."""
+    def build(self) -> tuple[Any, Any]:
+        """``(build_model(), inputs())``; errors name the file and the function."""
+        return self.model(), self.inputs()
+
+    def model(self) -> Any:
+        """``build_model()``, checked to be an nn.Module."""
         import torch.nn as nn
 
         model = self._call("build_model")
         if not isinstance(model, nn.Module):
             raise TuneError(f"{self.path}: build_model() must return an nn.Module, got {type(model).__name__}")
-        if callable(getattr(self.module, "input_sets", None)):
-            sets = self._call("input_sets")
-            if not isinstance(sets, dict) or not sets:
-                raise TuneError(f"{self.path}: input_sets() must return a non-empty dict {{name: inputs}}, got "
-                                f"{type(sets).__name__}")
-            for name, value in sets.items():
-                if not isinstance(name, str) or not isinstance(value, (tuple, dict)):
-                    raise TuneError(f"{self.path}: input_sets()[{name!r}] must be a tuple of positional inputs or a "
-                                    f"dict of keyword inputs (keyed by a string name), got {type(value).__name__}")
-            return model, None, sets
+        return model
+
+    def inputs(self) -> Any:
+        """``example_inputs()``, or the first of ``input_sets()`` when the file defines no ``example_inputs()``."""
+        if not callable(getattr(self.module, "example_inputs", None)) and self.has_sets():
+            return next(iter(self.input_sets().values()))
         inputs = self._call("example_inputs")
-        if not isinstance(inputs, (tuple, dict)):
-            raise TuneError(f"{self.path}: example_inputs() must return a tuple of positional inputs or a dict of "
-                            f"keyword inputs, got {type(inputs).__name__}")
-        return model, inputs, None
+        _check_inputs(inputs, f"{self.path}: example_inputs()")
+        return inputs
+
+    def has_sets(self) -> bool:
+        return callable(getattr(self.module, "input_sets", None))
+
+    def input_sets(self) -> dict[str, Any]:
+        """``input_sets()``: ``{name: inputs}``, each like ``example_inputs()``."""
+        sets = self._call("input_sets")
+        if not isinstance(sets, dict) or not sets:
+            raise TuneError(f"{self.path}: input_sets() must return a non-empty dict {{name: inputs}}, got "
+                            f"{type(sets).__name__}")
+        for name, value in sets.items():
+            if not isinstance(name, str):
+                raise TuneError(f"{self.path}: input_sets() must be keyed by names (strings), got {name!r}")
+            _check_inputs(value, f"{self.path}: input_sets()[{name!r}]")
+        return sets
 
     def tolerances(self) -> dict[str, dict[str, float]] | None:
         tol = getattr(self.module, "TOLERANCES", None)
@@ -62,6 +74,12 @@ class ModelFile:
             return fn()
         except Exception as exc:
             raise TuneError(f"{self.path}: {name}() raised {type(exc).__name__}: {exc}\n{_tb(exc)}") from exc
+
+
+def _check_inputs(inputs: Any, where: str) -> None:
+    if not isinstance(inputs, (tuple, dict)):
+        raise TuneError(f"{where} must return a tuple of positional inputs or a dict of keyword inputs, got "
+                        f"{type(inputs).__name__}")
 
 
 def _tb(exc: BaseException) -> str:

@@ -35,12 +35,6 @@ import torch.nn.functional as F  # noqa: E402
 MODELS = {"tiny": ROOT / "examples" / "tiny_llama" / "model.py", "hf-tinyllama": ROOT / "examples" / "hf_llama" / "model.py"}
 
 
-def _built(example: Any) -> tuple[Any, Any]:
-    """The example's model and inputs (its first input set, where it defines several: the long one)."""
-    model, inputs, sets = example.build()
-    return model, inputs if inputs is not None else next(iter(sets.values()))
-
-
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated decoder blocks (each one FSDP unit)."""
     inner = getattr(model, "model", model)
@@ -63,7 +57,7 @@ def train(example: Any, hf: bool, profile: dict[str, Any] | None, args: argparse
 
     from twinkle.kernel import kernel_report, kernelize_model, unkernelize
 
-    model, _ = _built(example)
+    model, _ = example.build()
     model = model.to(device=device, dtype=dtype).train()
     applied: list[str] = []
     if profile is not None:
@@ -145,7 +139,7 @@ def main() -> int:
     hf = args.model.startswith("hf")
     t_tune = None
     if args.tune:
-        model, inputs = _built(example)
+        model, inputs = example.build()
         if rank == 0:
             model = model.to(dtype=dtype)
         t0 = time.perf_counter()
@@ -158,7 +152,7 @@ def main() -> int:
     else:
         profile = load_shared_profile(args.profile)
 
-    _, inputs = _built(example)
+    _, inputs = example.build()
     seq = (inputs["input_ids"] if hf else inputs[0]).shape
     vocab = int(getattr(example.module, "VOCAB", 32000))
     gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own data; the same for both runs
