@@ -25,7 +25,7 @@ import torch
 from twinkle.kernel.dispatch import size_positions
 from twinkle.kernel.profile import SizeRange
 
-from .capture import Site
+from .capture import Site, clone_inputs
 from .match import compare
 from .measure import Contender, Timer, time_limit
 from .step import Step, zero_grads
@@ -142,6 +142,4 @@ def sweep(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], 
 
 
 def _copies(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    from .capture import clone_inputs
-
     return clone_inputs(args), clone_inputs(kwargs)

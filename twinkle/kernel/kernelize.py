@@ -124,7 +124,7 @@ def _choose(target: str, cands: list[Candidate], device: str, mode: str, use_fal
     return None, None, reasons
 
 
-def _verdicts(profile: Profile, target: Target, cands: list[Candidate], device: str, mode: str,
+def _verdicts(target: Target, cands: list[Candidate], device: str, mode: str,
               use_fallback: bool, check: Callable[[Any], str | None], layer: bool,
               count: bool) -> tuple[Verdicts, list[Verdict], list[str]]:
     """The profile's winners for ``target`` that may run here: per signature, the winner's kernel when it is
@@ -255,7 +255,7 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
         for _, module in members:
             _plan_layer_restore(module, plan)
         return
-    verdicts, entry.verdicts, skipped = _verdicts(profile, target, cands, device, mode, use_fallback,
+    verdicts, entry.verdicts, skipped = _verdicts(target, cands, device, mode, use_fallback,
                                                   lambda layer: layer_problem(layer, cls), True, count)
     entry.reasons += skipped
     if skipped:
@@ -360,7 +360,7 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
                 entry.reasons = why_not + [f"the profile {profile.origin} has no verdict for {target}"]
                 _plan_function_restore(target, plan)
                 continue
-            verdicts, entry.verdicts, skipped = _verdicts(profile, found, ordered, device, mode, use_fallback,
+            verdicts, entry.verdicts, skipped = _verdicts(found, ordered, device, mode, use_fallback,
                                                           lambda k: None, False, count)
             entry.reasons = skipped + why_not
             if skipped:
