@@ -7,12 +7,13 @@ leaves one behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from twinkle.kernel.registry import REGISTRY, Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
 from .capture import Site, capture, clone_inputs
+from .check import REPEATS, ProcessState, alias_problem, aliasing, fresh_inputs
 from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
 from .combination import Draft, end_to_end
 from .errors import TuneError
@@ -160,6 +162,37 @@ def autotune(model: nn.Module, inputs: Inputs | None = None, settings: TuneSetti
     if s.objective != "latency" and device not in ("cuda", "rocm"):
         raise TuneError(f"objective {s.objective!r} needs peak-memory statistics, which only cuda/rocm keep; "
                         f"use --objective latency on {device}")
+    with _no_trace(model):
+        return _tune(model, named, s, device, mode, progress, model_name)
+
+
+@contextlib.contextmanager
+def _no_trace(model: nn.Module) -> Iterator[None]:
+    """Put back what tuning changes on the caller's side: the model's device, train/eval flag, buffers (train-mode
+    forwards move BatchNorm's running statistics) and gradients, and the process-wide state (RNG, grad mode, threads,
+    default dtype and the other switches of ``ProcessState``)."""
+    caller = ProcessState.now()
+    training = model.training
+    devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
+    grads = {p: p.grad for p in model.parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers and b.shape == buffers[name].shape:
+                    b.copy_(buffers[name])
+        if len(devices) == 1:
+            model.to(next(iter(devices)))
+        for p, g in grads.items():
+            p.grad = g
+        model.train(training)
+        caller.restore()
+
+
+def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: str, mode: str,
+          progress: Progress | None, model_name: str | None) -> Profile:
     tol = tolerances(s.tolerances)
     tdev = torch_device(device)
     torch.manual_seed(s.seed)
@@ -256,19 +289,23 @@ def _sweep(site: Site, winner: str, cands: list[Candidate], device: str, mode: s
 def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, timer: Timer,
                   tol: dict[str, dict[str, float]], s: TuneSettings,
                   tick: Callable[[], None]) -> tuple[_Measured, dict[str, _Measured]]:
-    """Check every candidate against the original on one captured input, then time them all interleaved."""
+    """Check every candidate against the original on one captured input, then time them all interleaved, then check
+    the matching ones again over repeated calls on fresh inputs (check.py)."""
     site_start = time.perf_counter()
     original = _original(site)
     params = list(site.module.parameters()) if site.module is not None else []
     fallback = _Measured()
     before = _state(site.module)  # put back after every run: tuning leaves the layer's weights as it found them
+    start = ProcessState.now()  # and the process-wide state: every candidate starts from it, and it is put back
     try:
         with time_limit(s.time_limit_s):
             ref_step = Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
             expected = ref_step.result()
+            after_original = ProcessState.now()
             # What the original leaves in its inputs and its layer: a candidate must leave the same.
             inputs_after = clone_inputs((ref_step.args, ref_step.kwargs))
             state_after = before if _changed(site.module, before, tol) is None else _state(site.module)
+            original_aliasing = _aliasing(ref_step.fn, site)
         if not is_train(mode):
             buffers = list(site.module.buffers()) if site.module is not None else []
             fallback.bytes = call_bytes(site.args, site.kwargs, expected, params, buffers)
@@ -277,6 +314,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         fallback.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s: the original raised on %s: %s", site.target, site.signature, fallback.error)
         _restore(site.module, before)
+        start.restore()
         fallback.seconds = time.perf_counter() - site_start
         return fallback, {c.id: _Measured(error=f"original raised: {fallback.error}") for c in cands}
     out: dict[str, _Measured] = {}
@@ -284,6 +322,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
     for cand in cands:
         m = out[cand.id] = _Measured()
         cand_start = time.perf_counter()
+        start.restore()  # the candidate starts where the original did, RNG included
         try:
             with time_limit(s.time_limit_s):  # loading runs the kernel's own code too (a repo's load(), imports)
                 kernel = cand.load(device)
@@ -296,9 +335,14 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 m.error = f"refused: {problem}"
                 continue
             with time_limit(s.time_limit_s):
-                cand_step = Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode, params,
-                                  s.seed)
+                cand_step = Step(_kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode,
+                                 params, s.seed)
                 m.comparison = compare(expected, cand_step.result(), tol)
+            moved_state = _state_changes(start, after_original)
+            if moved_state:
+                m.comparison = None
+                m.error = f"refused: it changes process-wide state unlike the original ({moved_state})"
+                continue
             m.overwrites_inputs = cand.overwrites_inputs(kernel)
             wrote = _changed(site.module, state_after, tol)
             if wrote:  # timing it would change the weights under every later run: refused
@@ -306,11 +350,14 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 m.error = f"refused: it changes the module's parameters or buffers unlike the original ({wrote})"
                 continue
             if m.comparison.matches and not m.overwrites_inputs:  # right outputs, but the caller's tensors changed
-                # in place, which the kernel did not declare: not a stand-in
+                # in place, or its output is the caller's tensor, which the kernel did not declare: not a stand-in
                 moved = compare(inputs_after, (cand_step.args, cand_step.kwargs), tol, "inputs after the call")
+                aliased = alias_problem(original_aliasing, _aliasing(cand_step.fn, site))
                 if not moved.matches:
                     m.comparison = Comparison(False, moved.max_abs_err,
                                               f"it changes its inputs unlike the original: {moved.detail}")
+                elif aliased:
+                    m.comparison = Comparison(False, None, aliased)
             steps[cand.id] = Contender(cand_step)
         except Exception as exc:
             m.error = f"{type(exc).__name__}: {exc}"
@@ -318,28 +365,29 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         finally:
             zero_grads(params)
             _restore(site.module, before)
+            start.restore()
             m.seconds = time.perf_counter() - cand_start
         tick()
     timings = timer.compare(steps, s.time_limit_s)
     zero_grads(params)
     _restore(site.module, before)
-    for cand_id, contender in steps.items():  # still right after being timed? (a kernel may go wrong later)
+    start.restore()
+    for cand_id, contender in steps.items():  # still right over repeated calls, on fresh inputs?
         m = out.get(cand_id)
         if m is None or m.comparison is None or not m.comparison.matches or isinstance(timings.get(cand_id), str):
             continue
         try:
-            if m.overwrites_inputs:  # timing ran it over and over on the same, overwritten inputs: fresh ones
-                contender.fn.restore_inputs((site.args, site.kwargs))  # type: ignore[attr-defined]
             with time_limit(s.time_limit_s):
-                again = compare(expected, contender.fn.result(), tol)  # type: ignore[attr-defined]
-            if not again.matches:
-                m.comparison = Comparison(False, again.max_abs_err,
-                                          f"its results changed over repeated calls: {again.detail}")
+                problem = _repeated(site, ref_step.fn, contender.fn.fn, mode, params, tol, s.seed,  # type: ignore
+                                    start, after_original, before)
+            if problem:
+                m.comparison = Comparison(False, None, problem)
         except Exception as exc:
             m.error = f"{type(exc).__name__}: {exc}"
         finally:
             zero_grads(params)
             _restore(site.module, before)
+            start.restore()
     for key, result in timings.items():
         m = fallback if key == _FALLBACK else out[key]
         if isinstance(result, str):
@@ -348,6 +396,48 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
             m.timing = result
     fallback.seconds = time.perf_counter() - site_start
     return fallback, out
+
+
+def _aliasing(fn: Callable[..., Any], site: Site) -> list[bool]:
+    """Which outputs of one call of ``fn`` share storage with its inputs (on copies of the captured inputs)."""
+    args, kwargs = clone_inputs(site.args), clone_inputs(site.kwargs)
+    with torch.no_grad():
+        return aliasing(fn(*args, **kwargs), (args, kwargs))
+
+
+def _state_changes(start: ProcessState, after_original: ProcessState) -> str | None:
+    """How a candidate's run (from ``start``) left the process-wide state unlike the original's run did."""
+    now = ProcessState.now()
+    changes = start.changes(now)
+    if not now.rng_equal(after_original):
+        changes.append("the random number generator (reseeded, or drawn from unlike the original)")
+    return "; ".join(changes) or None
+
+
+def _repeated(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], mode: str,
+              params: list[torch.Tensor], tol: dict[str, dict[str, float]], seed: int, start: ProcessState,
+              after_original: ProcessState, before: dict[str, torch.Tensor]) -> str | None:
+    """Why the kernel is not a stand-in over ``REPEATS`` more calls, each on fresh inputs of the captured signature
+    and compared with the original's call on the same inputs; or None."""
+    for i in range(REPEATS):
+        gen = torch.Generator().manual_seed(seed + 7919 * (i + 1))
+        args, kwargs = fresh_inputs((site.args, site.kwargs), gen)
+        start.restore()
+        expected = Step(original, clone_inputs(args), clone_inputs(kwargs), mode, params, seed).result()
+        zero_grads(params)
+        _restore(site.module, before)
+        start.restore()
+        got = Step(kernel, clone_inputs(args), clone_inputs(kwargs), mode, params, seed).result()
+        moved = _state_changes(start, after_original) if i == 0 else None
+        if moved:
+            return f"it changes process-wide state unlike the original ({moved})"
+        same = compare(expected, got, tol)
+        if not same.matches:
+            return (f"its results changed over repeated calls: call {i + 1} of {REPEATS} after timing, on fresh "
+                    f"inputs of the captured signature, differs from the original's: {same.detail}")
+        zero_grads(params)
+        _restore(site.module, before)
+    return None
 
 
 _FALLBACK = "(original)"

@@ -99,14 +99,14 @@ def test_where_the_original_wins_the_winner_is_null_and_nothing_is_applied(tune_
     assert candidate(entry, shift_slow).matches
     original_shift, original_scale = tune_pkg.ops.shift, tune_pkg.ops.scale
 
-    kernelize_model(net, device="cpu", profile=profile)
+    kernelize_model(net.eval(), device="cpu", profile=profile)  # inference verdicts: eval(), no_grad
 
     assert tune_pkg.ops.shift is original_shift  # no winner at any signature: not even a dispatcher
     scale = tune_pkg.ops.scale
     assert isinstance(scale, FunctionDispatch) and scale.original is original_scale
     assert list(scale.exact.values()) == [tune_pkg.cands.scale_fast]
     tune_pkg.RAN.clear()
-    with torch.no_grad():  # net is in eval mode after tuning in inference mode
+    with torch.no_grad():
         net(*tune_pkg.model.example())
     assert tune_pkg.RAN == ["SlowNorm", "scale_fast", "shift"]
     entries = {e["target"]: e for e in kernel_report(net).to_dict()["entries"]}
@@ -145,12 +145,12 @@ def test_layer_target_with_a_right_and_a_wrong_kernel_from_a_local_repo(tune_pkg
     assert candidate(entry, right).matches and candidate(entry, right).source == "local"
     assert not candidate(entry, wrong).matches
     assert entry.winner == right
-    kernelize_model(net, device="cpu", profile=profile)
+    kernelize_model(net.eval(), device="cpu", profile=profile)  # inference verdicts: eval(), no_grad
     forward = vars(net.norm)["forward"]
     assert isinstance(forward, LayerDispatch)
     assert [f.__qualname__ for f in forward.exact.values()] == ["FastNorm.forward"]
     tune_pkg.RAN.clear()
-    with torch.no_grad():  # net is in eval mode after tuning in inference mode: the signature measured
+    with torch.no_grad():  # the signature measured
         net.norm(tune_pkg.model.example()[0])
     assert tune_pkg.RAN == ["repo FastNorm"]
 
@@ -200,7 +200,7 @@ def test_identical_inputs_are_measured_once_and_instances_with_other_shapes_get_
         assert d.winner == right
     # Keep the kernel at (2, 8) only: the profile applies per signature, so c and d run the original.
     profile = edit_decisions(profile, "SlowNorm", lambda d: keep_original(d) if d.modules == ("c", "d") else d)
-    kernelize_model(net, device="cpu", profile=profile)
+    kernelize_model(net.eval(), device="cpu", profile=profile)  # inference verdicts: eval(), no_grad
     tune_pkg.RAN.clear()
     with torch.no_grad():
         net(*tune_pkg.model.example())
@@ -220,7 +220,7 @@ def test_instances_that_see_different_shapes_get_different_winners(tune_pkg, set
     assert eight.winner == for8 and sixteen.winner == for16
     assert candidate(eight, for16).matches and not candidate(eight, for16).significant  # right, but slow there
     assert candidate(sixteen, for8).matches and not candidate(sixteen, for8).significant
-    kernelize_model(net, device="cpu", profile=profile)
+    kernelize_model(net.eval(), device="cpu", profile=profile)  # inference verdicts: eval(), no_grad
     assert all(isinstance(vars(getattr(net, n))["forward"], LayerDispatch) for n in "abcd")
     tune_pkg.RAN.clear()
     with torch.no_grad():

@@ -1,0 +1,181 @@
+"""Candidates that try to fool the checks: right only on the data they first saw, wrong every few calls, returning
+their input where the original returns a new tensor, or changing process-wide state. None of them may win."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from autotune import autotune
+from twinkle.kernel.function import register_function_kernel
+
+FILES = {
+    "__init__.py": "",
+    "ops.py": '''
+        import time
+
+        def double(x):  # the original: slow and right
+            time.sleep(0.003)
+            return x * 2
+
+        def copy(x):  # the original returns a new tensor
+            time.sleep(0.003)
+            return x.clone()
+    ''',
+    "cands.py": '''
+        import torch
+
+        _SEEN = {}
+        CALLS = [0]
+
+        def double_cached(x):
+            """Right for the first data of each shape it sees, then returns that result again."""
+            key = tuple(x.shape)
+            if key not in _SEEN:
+                _SEEN[key] = x * 2
+            return _SEEN[key].clone()
+
+        def double_every_fifth_wrong(x):
+            CALLS[0] += 1
+            return x * 2 + (1.0 if CALLS[0] % 5 == 0 else 0.0)
+
+        def copy_alias(x):
+            return x  # the caller's own tensor: writing into the result changes the input
+
+        class CopyAliasDeclared:
+            overwrites_inputs = True
+
+            def __call__(self, x):
+                return x
+
+        def double_one_thread(x):
+            torch.set_num_threads(1)
+            return x * 2
+
+        def double_float64_default(x):
+            torch.set_default_dtype(torch.float64)
+            return x * 2
+
+        def double_reseeds(x):
+            torch.manual_seed(12345)
+            return x * 2
+
+        def double_right(x):
+            return x * 2
+    ''',
+}
+
+
+@pytest.fixture
+def pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    root = tmp_path / "site" / "fool_pkg"
+    root.mkdir(parents=True)
+    for name, text in FILES.items():
+        (root / name).write_text(textwrap.dedent(text).lstrip())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [n for n in sys.modules if n == "fool_pkg" or n.startswith("fool_pkg.")]:
+        del sys.modules[name]
+    import fool_pkg.cands
+    import fool_pkg.ops  # noqa: F401
+
+    return sys.modules["fool_pkg"]
+
+
+class Net(torch.nn.Module):
+    def __init__(self, ops: ModuleType) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.copy(self.ops.double(x))
+
+
+def rows(n: int = 32) -> torch.Tensor:
+    return torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
+
+
+def tune(pkg: ModuleType, settings, *impls: str):
+    for impl in impls:
+        func = "copy" if impl.startswith("copy") or impl == "CopyAliasDeclared" else "double"
+        obj = getattr(pkg.cands, impl)
+        register_function_kernel(func, "fool_pkg.ops", func_impl=obj() if isinstance(obj, type) else obj,
+                                 device="cpu")
+    return autotune(Net(pkg.ops), (rows(),), settings)
+
+
+def rows_of(profile, func: str):
+    (target,) = [t for t in profile.targets if t.name == f"fool_pkg.ops.{func}"]
+    (decision,) = target.decisions
+    return decision, {r.id.rsplit(".", 1)[-1]: r for r in decision.candidates}
+
+
+def test_a_kernel_right_only_on_the_data_it_first_saw_never_wins(pkg, settings):
+    decision, rows_ = rows_of(tune(pkg, settings, "double_cached", "double_right"), "double")
+    cached = rows_["double_cached"]
+    assert not cached.matches and "fresh inputs" in cached.mismatch
+    assert decision.winner.endswith("double_right")
+
+
+def test_a_kernel_wrong_every_fifth_call_never_wins(pkg, settings):
+    decision, rows_ = rows_of(tune(pkg, settings, "double_every_fifth_wrong"), "double")
+    row = rows_["double_every_fifth_wrong"]
+    assert not row.matches and "repeated calls" in row.mismatch
+    assert decision.winner is None
+
+
+def test_returning_the_input_where_the_original_copies_is_refused_unless_declared(pkg, settings):
+    decision, rows_ = rows_of(tune(pkg, settings, "copy_alias"), "copy")
+    row = rows_["copy_alias"]
+    assert not row.matches and "view of) its input" in row.mismatch and decision.winner is None
+
+
+def test_a_kernel_that_declares_it_returns_its_input_is_allowed(pkg, settings):
+    decision, rows_ = rows_of(tune(pkg, settings, "CopyAliasDeclared"), "copy")
+    (row,) = rows_.values()
+    assert row.matches and row.overwrites_inputs
+
+
+@pytest.mark.parametrize("impl, words", [
+    ("double_one_thread", "threads"),
+    ("double_float64_default", "default_dtype"),
+    ("double_reseeds", "random number generator"),
+])
+def test_a_kernel_changing_process_wide_state_is_refused_and_the_state_put_back(pkg, settings, impl, words):
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    decision, rows_ = rows_of(tune(pkg, settings, impl, "double_right"), "double")
+    row = rows_[impl]
+    assert row.error and row.error.startswith("refused: it changes process-wide state") and words in row.error
+    assert decision.winner.endswith("double_right")
+    assert (torch.get_num_threads(), torch.get_default_dtype()) == (threads, dtype)
+    assert torch.equal(torch.get_rng_state(), rng)  # the tuning leaves the caller's RNG where it was
+
+
+def test_tuning_leaves_no_trace_on_the_model_or_the_process(pkg, settings):
+    class BatchNormNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return pkg.ops.double(self.bn(x))
+
+    register_function_kernel("double", "fool_pkg.ops", func_impl=pkg.cands.double_right, device="cpu")
+    net = BatchNormNet().eval()  # the user's model, in eval mode, with gradients of their own
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    grads = [p.grad for p in net.parameters()]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(4321)
+    rng = torch.get_rng_state()
+    autotune(net, (rows() * 3 + 1,), type(settings)(**{**vars(settings), "mode": "train"}))  # train-mode forwards
+    assert not net.training
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # running stats as they were
+    assert all(p.grad is g for p, g in zip(net.parameters(), grads))
+    assert torch.equal(torch.get_rng_state(), rng) and torch.is_grad_enabled()
