@@ -26,7 +26,7 @@ from .capture import clone_inputs
 from .choose import Weighted, speedup_ci
 from .errors import TuneError
 from .match import compare, tolerances
-from .measure import Contender, Timer, Timing, time_limit
+from .measure import FAULTS, Contender, Timer, Timing, time_limit
 from .step import Step
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def _checked(ranked: list[str], combos: dict[str, dict[str, str | None]], model:
     for name in ranked:
         try:
             c = compare(expected, output(combos[name]), tol, "model output")
-        except Exception as exc:
+        except FAULTS as exc:
             detail = f"{type(exc).__name__}: {exc}"
         else:
             if c.max_abs_err != float("inf"):  # NaN/Inf where the original has none drops it; the rest is noted

@@ -118,7 +118,7 @@ class Timer:
                     self._sync()
                     inner[name] = 1 if self.gpu else self._calibrate(c.fn)
                 live[name] = c
-            except Exception as exc:
+            except FAULTS as exc:
                 out[name] = f"{type(exc).__name__}: {exc}"
         samples: dict[str, list[float]] = {name: [] for name in live}
         previous: dict[str, float] = {}
@@ -132,7 +132,7 @@ class Timer:
                     with time_limit(limit_s):
                         c.prepare()
                         samples[name].extend(self._sample(c.fn, inner[name]) for _ in range(s.batch))
-                except Exception as exc:
+                except FAULTS as exc:
                     out[name] = f"{type(exc).__name__}: {exc}"
                     del live[name], samples[name]
             if not live:
@@ -186,18 +186,31 @@ class Timer:
         return torch.cuda.max_memory_allocated() / (1 << 20)
 
 
-class TimeLimitExceeded(Exception):
-    """A candidate ran past its time limit."""
+class TimeLimitExceeded(BaseException):
+    """A candidate ran past its time limit. A BaseException, so that a kernel's own broad ``except Exception`` (a
+    retry loop) cannot swallow it; the tuner catches it by name (``FAULTS``)."""
+
+    def __init__(self, message: str = "ran past the per-candidate time limit") -> None:
+        super().__init__(message)
+
+
+FAULTS = (Exception, TimeLimitExceeded)  # what the tuner catches around a candidate's code
 
 
 @contextlib.contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise TimeLimitExceeded in the main thread after ``seconds`` (a no-op elsewhere or when None).
+    """Raise TimeLimitExceeded in this thread after ``seconds`` (a no-op when None).
 
-    Python code is interrupted between bytecodes; a kernel stuck inside one native call is stopped when it returns.
+    In the main thread a SIGALRM timer interrupts Python code between bytecodes (and a sleep); in any other thread
+    a watchdog raises it asynchronously in the tuning thread, between bytecodes. Either way a kernel stuck inside
+    one native call is stopped when that call returns, and one that catches BaseException itself is beyond reach.
     """
-    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    if not seconds:
         yield
+        return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        with _watchdog(seconds):
+            yield
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
@@ -213,3 +226,32 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
         if outer > 0:  # re-arm the caller's timer, less the time spent here (one already due fires at once)
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-6), outer_interval)
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float) -> Iterator[None]:
+    """``time_limit`` off the main thread: a timer thread raises TimeLimitExceeded in this one; a pending raise is
+    withdrawn when the block ends first."""
+    import ctypes
+
+    tid = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    state = {"active": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["active"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, ctypes.py_object(TimeLimitExceeded))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            state["active"] = False
+            if state["fired"]:  # raised, or about to be: withdraw it if it has not been delivered yet
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, None)

@@ -27,7 +27,7 @@ from twinkle.kernel.profile import SizeRange
 
 from .capture import Site, clone_inputs
 from .match import compare
-from .measure import Contender, Timer, time_limit
+from .measure import FAULTS, Contender, Timer, time_limit
 from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
@@ -121,7 +121,7 @@ def sweep(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], 
                                 same.detail)
                     return None
                 timings = quick.compare({"original": Contender(ref), "winner": Contender(cand)}, limit_s)
-        except Exception as exc:  # the original or the winner cannot run at this size: no range
+        except FAULTS as exc:  # the original or the winner cannot run at this size: no range
             logger.info("%s: size %d cannot be checked (%s: %s): no range", site.target, size, type(exc).__name__, exc)
             return None
         finally:

@@ -34,7 +34,7 @@ from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
 from .combination import Draft, end_to_end
 from .errors import TuneError
 from .match import Comparison, compare, tolerances
-from .measure import Contender, Timer, TimerSettings, Timing, time_limit
+from .measure import FAULTS, Contender, Timer, TimerSettings, Timing, time_limit
 from .roofline import COPY_BYTES, achieved, call_bytes, copy_bandwidth_gbps
 from .step import Step, zero_grads
 from .sweep import sweep
@@ -281,7 +281,7 @@ def _sweep(site: Site, winner: str, cands: list[Candidate], device: str, mode: s
     try:
         return sweep(site, _original(site), _kernel_call(site, cand.load(device)), mode, params, timer, tol, s.seed,
                      s.time_limit_s, lambda: _restore(site.module, before))
-    except Exception as exc:  # a sweep that fails only costs the range
+    except FAULTS as exc:  # a sweep that fails only costs the range
         logger.info("%s: no range for %s: %s: %s", site.target, winner, type(exc).__name__, exc)
         return None
 
@@ -309,7 +309,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
         if not is_train(mode):
             buffers = list(site.module.buffers()) if site.module is not None else []
             fallback.bytes = call_bytes(site.args, site.kwargs, expected, params, buffers)
-    except Exception as exc:
+    except FAULTS as exc:
         # Without a working original there is nothing to compare against: no candidate may win here.
         fallback.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s: the original raised on %s: %s", site.target, site.signature, fallback.error)
@@ -359,7 +359,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                 elif aliased:
                     m.comparison = Comparison(False, None, aliased)
             steps[cand.id] = Contender(cand_step)
-        except Exception as exc:
+        except FAULTS as exc:
             m.error = f"{type(exc).__name__}: {exc}"
             logger.info("%s: candidate %s failed on %s: %s", site.target, cand.id, site.signature, m.error)
         finally:
@@ -382,7 +382,7 @@ def _measure_site(site: Site, cands: list[Candidate], device: str, mode: str, ti
                                     start, after_original, before)
             if problem:
                 m.comparison = Comparison(False, None, problem)
-        except Exception as exc:
+        except FAULTS as exc:
             m.error = f"{type(exc).__name__}: {exc}"
         finally:
             zero_grads(params)

@@ -67,6 +67,15 @@ FILES = {
 
         def double_right(x):
             return x * 2
+
+        def double_retries_forever(x):
+            """A broad except around a retry loop: it swallows every Exception, so it never returns."""
+            while True:
+                try:
+                    sum(range(1000))
+                    raise RuntimeError("transient")
+                except Exception:
+                    continue
     ''',
 }
 
@@ -179,3 +188,27 @@ def test_tuning_leaves_no_trace_on_the_model_or_the_process(pkg, settings):
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # running stats as they were
     assert all(p.grad is g for p, g in zip(net.parameters(), grads))
     assert torch.equal(torch.get_rng_state(), rng) and torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_a_candidate_that_hangs_past_its_time_limit_is_marked_and_the_tuning_goes_on(pkg, settings, where):
+    import threading
+
+    register_function_kernel("double", "fool_pkg.ops", func_impl=pkg.cands.double_retries_forever, device="cpu")
+    register_function_kernel("double", "fool_pkg.ops", func_impl=pkg.cands.double_right, device="cpu")
+    fast = type(settings)(**{**vars(settings), "time_limit_s": 1.0})
+    result: dict = {}
+
+    def run() -> None:
+        result["profile"] = autotune(Net(pkg.ops), (rows(),), fast)
+
+    if where == "main thread":
+        run()
+    else:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "the tuning hung"
+    decision, rows_ = rows_of(result["profile"], "double")
+    assert "time limit" in rows_["double_retries_forever"].error
+    assert decision.winner.endswith("double_right")
