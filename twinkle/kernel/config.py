@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ _FUNCTION_KEYS = {"target_module", "func_name", "func_impl", "repo", "repo_id", 
 
 
 _IMPORTED_FIELDS = ("func_impl", "layer_impl", "repo")  # "pkg.mod:attr" strings here import code
+MAX_FILE_BYTES = 1 << 20  # a config file above this is refused unread (a kernel config is a few KiB)
+MAX_YAML_NODES = 100_000  # a YAML file with more nodes, every alias expanded, is refused before it is built
+_MESSAGE_CHARS = 400  # an error message quoting another is cut to this
+_LONG_RUN = re.compile(r"\S{81,}")
 
 
 def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_imports: bool = True) -> list[str]:
@@ -40,8 +46,8 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_impo
         raise TypeError(f"{origin} must be a dict with 'layers' and/or 'functions', got {type(config).__name__}")
     unknown = set(config) - {"layers", "functions", "pools"}
     if unknown:
-        raise ValueError(f"{origin}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                         "the top level takes 'layers', 'functions' and 'pools'")
+        raise ValueError(f"{origin}: unknown key(s) {_keys(unknown)}; the top level takes 'layers', 'functions' "
+                         "and 'pools'")
     pools = _pools_entry(config.get("pools"), origin)
     if not allow_imports:
         _refuse_imports(config, origin)
@@ -53,19 +59,18 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_impo
         if not isinstance(entries, dict):
             raise TypeError(f"{origin}: '{section}' must map names to settings, got {type(entries).__name__}")
         for name, spec in entries.items():
-            where = f"{origin}: {section}.{name}"
+            where = f"{origin}: {section}.{_name(name)}"
             if not isinstance(spec, dict):
                 raise TypeError(f"{where} must be a dict of settings, got {type(spec).__name__}")
             unknown = set(spec) - keys
             if unknown:
-                raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                                 f"allowed: {', '.join(sorted(keys))}")
+                raise ValueError(f"{where}: unknown key(s) {_keys(unknown)}; allowed: {', '.join(sorted(keys))}")
             try:
                 candidates.append(_candidate(section, name, dict(spec), where))
-            except TypeError as exc:  # every message names the entry, whatever was wrong in it
-                raise TypeError(f"{where}: {exc}") from exc
+            except TypeError as exc:  # every message names the entry, whatever was wrong in it (and stays short)
+                raise TypeError(f"{where}: {_clip(str(exc))}") from exc
             except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from exc
+                raise ValueError(f"{where}: {_clip(str(exc))}") from exc
     ids = use_pools(*pools) if pools else []
     REGISTRY.add(candidates)
     return ids + [c.id for c in candidates]
@@ -82,9 +87,9 @@ def _refuse_imports(config: dict[str, Any], origin: str) -> None:
                 continue
             for key in _IMPORTED_FIELDS:
                 if isinstance(spec.get(key), str):
-                    raise ValueError(f"{origin}: {section}.{name}.{key}={spec[key]!r} would import code, and "
-                                     "allow_imports=False refuses it; pass the object itself, or allow_imports=True "
-                                     "for a config you trust")
+                    raise ValueError(f"{origin}: {section}.{_name(name)}.{key}={_brief(spec[key])} would import "
+                                     "code, and allow_imports=False refuses it; pass the object itself, or "
+                                     "allow_imports=True for a config you trust")
 
 
 def _candidate(section: str, name: Any, spec: dict[str, Any], where: str) -> Candidate:
@@ -94,8 +99,8 @@ def _candidate(section: str, name: Any, spec: dict[str, Any], where: str) -> Can
             try:
                 repo = repo()
             except Exception as exc:
-                raise ValueError(f"repo={spec['repo']!r} cannot be instantiated ({type(exc).__name__}: {exc})") \
-                    from exc
+                raise ValueError(f"repo={_brief(spec['repo'])} cannot be instantiated ({type(exc).__name__}: "
+                                 f"{_clip(str(exc))})") from exc
         spec["repo"] = repo
     if section == "layers":
         return layer_candidate(name, **spec)
@@ -114,11 +119,11 @@ def _pools_entry(pools: Any, origin: str) -> list[str]:
         pools = [pools]
     if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
         raise TypeError(f"{origin}: 'pools' must be a list of pool names ({', '.join(POOL_NAMES)}, all), "
-                        f"got {pools!r}")
+                        f"got {_brief(pools)}")
     try:
         return check_names(pools)
     except ValueError as exc:
-        raise ValueError(f"{origin}: pools: {exc}".replace("use_pools: ", "")) from None
+        raise ValueError(f"{origin}: pools: {_clip(str(exc))}".replace("use_pools: ", "")) from None
 
 
 class ConfigFileNotFoundError(FileNotFoundError, ValueError):
@@ -126,21 +131,107 @@ class ConfigFileNotFoundError(FileNotFoundError, ValueError):
 
 
 def _read(path: Path) -> Any:
+    """The config in the YAML or JSON file ``path``; a ValueError naming it when it is missing, too large (over
+    ``MAX_FILE_BYTES``), alias-heavy YAML (over ``MAX_YAML_NODES`` nodes expanded) or does not parse."""
     try:
         found = path.is_file()
     except OSError as exc:  # e.g. a name too long for the file system
         raise ValueError(f"kernel config {path} cannot be read: {exc}") from exc
     if not found:
         raise ConfigFileNotFoundError(f"kernel config {path} does not exist")
+    too_large = (f"kernel config {path} is larger than {MAX_FILE_BYTES} bytes and is refused unread; a kernel config "
+                 "is a few KiB: check that it is the right file")
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(too_large)
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # the file may have grown since
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(too_large)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"kernel config {path} cannot be read: {exc}") from exc
+        raise ValueError(f"kernel config {path} cannot be read: {_clip(str(exc))}") from exc
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
         import yaml
 
+        nodes = _yaml_nodes(text, MAX_YAML_NODES)
+    except Exception as exc:
+        raise ValueError(f"kernel config {path} does not parse: {_clip(str(exc))}") from exc
+    if nodes > MAX_YAML_NODES:
+        raise ValueError(f"kernel config {path} has more than {MAX_YAML_NODES} YAML nodes, each alias (*name) counted "
+                         "as the nodes it repeats, and is refused before it is built; use fewer aliases (a kernel "
+                         "config has a few hundred nodes)")
+    try:
         return yaml.safe_load(text)
     except Exception as exc:
-        raise ValueError(f"kernel config {path} does not parse: {exc}") from exc
+        raise ValueError(f"kernel config {path} does not parse: {_clip(str(exc))}") from exc
+
+
+def _yaml_nodes(text: str, limit: int) -> int:
+    """How many nodes the YAML ``text`` holds with every alias expanded, counted from its parse events (nothing is
+    built, so an alias bomb costs no memory); counting stops past ``limit``."""
+    import yaml
+
+    sizes: dict[str, int] = {}  # anchor -> nodes of the node it names, expanded
+    open_nodes: list[tuple[str | None, int]] = []  # the collections being read: (anchor, nodes so far)
+    total = 0
+    for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append((event.anchor, 1))
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            n = sizes.get(event.anchor, 1)  # an unknown anchor: safe_load says so
+        elif isinstance(event, yaml.ScalarEvent):
+            n = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, n = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+        else:
+            continue
+        if isinstance(event, yaml.ScalarEvent) and event.anchor is not None:
+            sizes[event.anchor] = 1
+        if open_nodes:
+            anchor, count = open_nodes[-1]
+            open_nodes[-1] = (anchor, count + n)
+            if count + n > limit:
+                return limit + 1
+        else:
+            total += n
+            if total > limit:
+                return limit + 1
+    return total
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters: no message quotes a whole value."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # e.g. an int past Python's digit limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _name(name: Any) -> str:
+    """An entry's name as messages show it (cut to 60 characters)."""
+    text = str(name) if isinstance(name, str) else _brief(name)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _keys(keys: set[Any]) -> str:
+    """Unknown keys as messages list them: at most five, each cut short."""
+    shown = sorted(_name(k) for k in keys)
+    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+
+
+def _clip(text: str) -> str:
+    """Another error's message, short: each run of over 80 characters without a space (a value it quotes) cut to
+    60, the whole to ``_MESSAGE_CHARS``."""
+    text = _LONG_RUN.sub(lambda m: m.group()[:57] + "...", text)
+    return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
