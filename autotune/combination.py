@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("twinkle.autotune")
 
+NOISY = 0.10  # the original's own spread (IQR / median) above which a run is reported as noisy
+
 
 @dataclass
 class Draft:
@@ -150,11 +152,27 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
     for name in ("per-target", "search"):
         if name in results:
             summary[name.replace("-", "_")] = _figures(*results[name], base[0], s.seed)
-    # In order of preference, what may replace the original: the per-target winners stand on their own
-    # measurements unless, together, they are slower end to end; a searched combination must beat both.
+    # In order of preference, what may replace the original: never a combination that is not faster (latency:
+    # the lower end of its interval above 1; memory objectives: not significantly slower, and then lower memory
+    # decides); a searched combination must beat the per-target winners too.
     ranked = []
-    if "per-target" in results and speedup_ci(_one(base[0]), _one(results["per-target"][0]), s.seed)[2] >= 1.0:
-        ranked.append("per-target")
+    cis = {name: speedup_ci(_one(base[0]), _one(results[name][0]), s.seed) for name in ("per-target", "search")
+           if name in results}
+    if "per-target" in cis:
+        speedup, lo, hi = cis["per-target"]
+        if (lo > 1.0) if s.objective == "latency" else (hi >= 1.0):
+            ranked.append("per-target")
+        else:
+            summary["per_target_dropped"] = (f"{speedup:.2f}x [{lo:.2f}-{hi:.2f}] of the original's time end to end, "
+                                             "not faster")
+            logger.warning("end-to-end: the per-target winners together are not faster than the original (%.2fx "
+                           "[%.2f-%.2f]): the original is kept", speedup, lo, hi)
+    noisy = base[0].spread / base[0].median if base[0].median else 0.0
+    if noisy > NOISY:
+        uncertain = [name for name, (_, lo, hi) in cis.items() if lo <= 1.0 <= hi]
+        summary["noisy"] = {"baseline_spread_pct": 100 * noisy, "uncertain": uncertain}
+        logger.warning("end-to-end: the machine was noisy (the original's own spread is %.0f%% of its time); "
+                       "uncertain: %s", 100 * noisy, ", ".join(uncertain) or "none")
     if "search" in results and _beats(results["search"], base, s.objective, s.seed, s.min_gain) and all(
             _beats(results["search"], results[r], s.objective, s.seed, s.min_gain) for r in ranked):
         ranked.insert(0, "search")

@@ -355,6 +355,12 @@ def _summary_lines(profile: Profile, e2e: dict[str, Any]) -> list[str]:
     for name in ("search", "per_target"):
         if e2e.get(f"{name}_dropped"):
             lines.append(f"Dropped: the {name.replace('_', '-')} combination gave {e2e[f'{name}_dropped']}")
+    noisy = e2e.get("noisy") if isinstance(e2e.get("noisy"), dict) else None
+    if noisy:
+        uncertain = ", ".join(noisy.get("uncertain") or []) or "none of the combinations"
+        spread = _num(noisy.get("baseline_spread_pct")) or 0.0
+        lines.append(f"The machine was noisy: the original's own spread was {spread:.0f}% of its time; verdicts "
+                     f"whose interval spans 1.0x are uncertain: {uncertain}")
     check = e2e.get("check") if isinstance(e2e.get("check"), dict) else None
     if check:
         err = _num(check.get("max_abs_err"))

@@ -19,6 +19,8 @@ FILES = {
     "ops.py": '''
         import time
 
+        IN_MODEL = [False]  # set by the model while it runs
+
         def double(x):  # the original: slow and right
             time.sleep(0.003)
             return x * 2
@@ -28,6 +30,8 @@ FILES = {
             return x.clone()
     ''',
     "cands.py": '''
+        import time
+
         import torch
 
         _SEEN = {}
@@ -68,6 +72,15 @@ FILES = {
         def double_right(x):
             return x * 2
 
+        def double_fast_alone(x):
+            """Fast when timed on its own, as slow as the original inside the model (as a kernel whose gain the rest
+            of the model hides would be): no gain end to end."""
+            from fool_pkg import ops
+
+            if ops.IN_MODEL[0]:
+                time.sleep(0.003)
+            return x * 2
+
         def double_retries_forever(x):
             """A broad except around a retry loop: it swallows every Exception, so it never returns."""
             while True:
@@ -101,7 +114,11 @@ class Net(torch.nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ops.copy(self.ops.double(x))
+        self.ops.IN_MODEL[0] = True
+        try:
+            return self.ops.copy(self.ops.double(x))
+        finally:
+            self.ops.IN_MODEL[0] = False
 
 
 def rows(n: int = 32) -> torch.Tensor:
@@ -212,3 +229,12 @@ def test_a_candidate_that_hangs_past_its_time_limit_is_marked_and_the_tuning_goe
     decision, rows_ = rows_of(result["profile"], "double")
     assert "time limit" in rows_["double_retries_forever"].error
     assert decision.winner.endswith("double_right")
+
+
+def test_winners_that_together_are_not_faster_are_dropped_for_the_original(pkg, settings):
+    profile = tune(pkg, settings, "double_fast_alone")
+    decision, rows_ = rows_of(profile, "double")
+    assert rows_["double_fast_alone"].significant  # faster on its own...
+    summary = profile.end_to_end["default"]
+    assert summary["chosen"] == "baseline" and "not faster" in summary["per_target_dropped"]  # ...not in the model
+    assert decision.winner is None and "not faster" in decision.reason

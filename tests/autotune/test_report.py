@@ -298,6 +298,17 @@ def test_console_shows_the_whole_model_check_and_what_was_dropped():
     assert "Dropped: the search combination gave model output['loss']: NaN/Inf where the original has none" in text
 
 
+def test_console_says_when_the_machine_was_noisy_and_what_it_made_uncertain():
+    p = make_profile()
+    assert "noisy" not in flat(p)
+    p.end_to_end["default"]["noisy"] = {"baseline_spread_pct": 31.5, "uncertain": ["per-target"]}
+    p.end_to_end["default"]["per_target_dropped"] = "0.97x [0.70-1.25] of the original's time end to end, not faster"
+    text = flat(p)
+    assert ("The machine was noisy: the original's own spread was 32% of its time; verdicts whose interval spans "
+            "1.0x are uncertain: per-target") in text
+    assert "Dropped: the per-target combination gave 0.97x [0.70-1.25]" in text
+
+
 def test_console_tolerates_sparse_profiles():
     p = make_profile(end_to_end={"default": {"baseline": {"median_ms": 2.0, "spread": None, "peak_mem_mb": None},
                                              "chosen": "baseline", "trials": []},
