@@ -384,7 +384,12 @@ def _summary_lines(profile: Profile, e2e: dict[str, Any]) -> list[str]:
             line += f", {walked} of them moves of one target from the pick"
         if e2e.get("stopped_early"):
             line += f", stopped after {settings.get('patience')} trials in a row found nothing better"
-        if done:
+        relative = [t for t in done if _num(t.get("relative_time"))]
+        if relative:  # trials are comparable only against the original timed beside each (clock drift cancels)
+            best = min(relative, key=lambda t: _num(t["relative_time"]))  # type: ignore[arg-type,return-value]
+            line += (f", best trial #{best.get('number', '?')} at {1 / _num(best['relative_time']):.2f}x the "  # type: ignore
+                     "original timed beside it (quick samples; the figures above are the finalists timed again)")
+        elif done:
             best = min(done, key=lambda t: _num(t["median_ms"]))  # type: ignore[arg-type,return-value]
             line += f", fastest trial #{best.get('number', '?')} at {_fmt_time(best['median_ms'])}"
         lines.append(line)

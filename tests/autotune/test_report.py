@@ -309,6 +309,16 @@ def test_console_says_when_the_machine_was_noisy_and_what_it_made_uncertain():
     assert "Dropped: the per-target combination gave 0.97x [0.70-1.25]" in text
 
 
+def test_console_names_the_best_trial_by_its_time_beside_the_original():
+    p = make_profile()
+    p.end_to_end["default"]["trials"] = [
+        {"number": 0, "label": "first", "choices": {}, "median_ms": 10.43, "relative_time": 0.95},
+        {"number": 1, "label": None, "choices": {}, "median_ms": 14.0, "relative_time": 0.80}]
+    text = flat(p)
+    assert ("best trial #1 at 1.25x the original timed beside it (quick samples; the figures above are the finalists "
+            "timed again)") in text  # not #0, whose absolute time was lower on a faster stretch of the clock
+
+
 def test_console_tolerates_sparse_profiles():
     p = make_profile(end_to_end={"default": {"baseline": {"median_ms": 2.0, "spread": None, "peak_mem_mb": None},
                                              "chosen": "baseline", "trials": []},
