@@ -387,7 +387,8 @@ def _summary_lines(profile: Profile, e2e: dict[str, Any]) -> list[str]:
         relative = [t for t in done if _num(t.get("relative_time"))]
         if relative:  # trials are comparable only against the original timed beside each (clock drift cancels)
             best = min(relative, key=lambda t: _num(t["relative_time"]))  # type: ignore[arg-type,return-value]
-            line += (f", best trial #{best.get('number', '?')} at {1 / _num(best['relative_time']):.2f}x the "  # type: ignore
+            speedup = 1 / _num(best["relative_time"])  # type: ignore[operator]
+            line += (f", best trial #{best.get('number', '?')} at {speedup:.2f}x the "
                      "original timed beside it (quick samples; the figures above are the finalists timed again)")
         elif done:
             best = min(done, key=lambda t: _num(t["median_ms"]))  # type: ignore[arg-type,return-value]

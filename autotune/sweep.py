@@ -80,7 +80,8 @@ def _resized(value: Any, key_value: Any, path: tuple[int, ...], size: int, targe
         fresh = torch.rand(shape, generator=gen, dtype=torch.float32).to(value.device) * (hi - lo) + lo
         return fresh.to(value.dtype).requires_grad_(value.requires_grad)
     if isinstance(value, (tuple, list)):
-        items = [_resized(v, kv, path + (1, j), size, targets, gen) for j, (v, kv) in enumerate(zip(value, key_value[1]))]
+        items = [_resized(v, kv, path + (1, j), size, targets, gen)
+                 for j, (v, kv) in enumerate(zip(value, key_value[1]))]
         return type(value)(items)
     if isinstance(value, dict):
         return {k: _resized(v, kv, path + (1, j, 1), size, targets, gen)

@@ -181,7 +181,8 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created, "model": self.model,
-                "model_class": dataclasses.asdict(self.model_class) if self.model_class else None, "mode": self.mode, "device": self.device,
+                "model_class": dataclasses.asdict(self.model_class) if self.model_class else None,
+                "mode": self.mode, "device": self.device,
                 "environment": dataclasses.asdict(self.environment), "sets": list(self.sets),
                 "settings": self.settings, "roofline": self.roofline, "end_to_end": self.end_to_end,
                 "targets": [_target_json(t) for t in self.targets], "seconds": self.seconds}
