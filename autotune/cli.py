@@ -8,6 +8,8 @@ status 0 means the profile and the reports were written; any other means nothing
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -47,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop the search once N sampled trials in a row found nothing better (default: run all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objective", choices=OBJECTIVES, default="latency")
-    p.add_argument("--storage", help="optuna storage URL (e.g. sqlite:///tune.db) so an interrupted search resumes")
+    p.add_argument("--storage",
+                   help="optuna storage URL (e.g. sqlite:///tune.db) so an interrupted search resumes; the study is "
+                        "keyed by the MODEL_PY file's content, the candidates it registers, the input shapes, device, "
+                        "mode and objective, so a changed file starts a new study. To start afresh with the same "
+                        "ones, delete the database file or give another URL")
     p.add_argument("--time-limit", type=float, default=120.0, metavar="SECONDS",
                    help="per-candidate time limit (default 120)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables (for CI)")
@@ -110,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = "train" if args.mode == "training" else args.mode
         settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, patience=args.patience,
                                 seed=args.seed, objective=args.objective, storage=args.storage,
-                                study_name=f"{stem}-{args.device or 'auto'}-{mode}", time_limit_s=args.time_limit,
-                                tolerances=model_file.tolerances())
+                                study_name=study_name(model_file.path, args.device, mode, args.objective,
+                                                      sets if sets is not None else inputs),
+                                time_limit_s=args.time_limit, tolerances=model_file.tolerances())
         with _progress(args.quiet, console) as progress:
             profile = autotune(model, inputs, settings, sets=sets, model_name=args.model_py, progress=progress)
     except TuneError as exc:
@@ -137,6 +144,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"profile: {profile_path}", highlight=False, soft_wrap=True, markup=False)
     console.print("reports: " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True, markup=False)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ the study
+
+
+def study_name(model_py: Path, device: str | None, mode: str, objective: str, inputs: Any) -> str:
+    """The optuna study's name: ``<stem>-<device>-<mode>-<hash>``, the hash over what the search searches (the
+    MODEL_PY file's content, the candidates registered, the inputs' shapes and dtypes, device, mode, objective), so
+    that ``--storage`` resumes a study only for the same search."""
+    import torch
+
+    from twinkle.kernel.device import parse_device
+    from twinkle.kernel.registry import REGISTRY
+    from twinkle.kernel.signature import describe
+
+    label = parse_device(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")  # as autotune
+    candidates = sorted([kind, target, c.id, c.device or "", c.mode or ""] for kind in ("layer", "function")
+                        for target, cands in REGISTRY.targets(kind).items() for c in cands)  # type: ignore[arg-type]
+    key = {"candidates": candidates, "inputs": describe(inputs), "device": label, "mode": mode,
+           "objective": objective}
+    digest = hashlib.sha256(model_py.read_bytes())
+    digest.update(json.dumps(key, sort_keys=True, default=str).encode())
+    return f"{model_py.stem}-{label}-{mode}-{digest.hexdigest()[:12]}"
 
 
 # ------------------------------------------------------------------------------------------------ output paths

@@ -1,6 +1,7 @@
 """Files and the CLI: output paths checked before any work, exit 0 only when the profile and the reports were both
 written (a failure or an interrupt while writing leaves the previous ones as they were), a profile symlink written
-through, and kernel config files that cannot exhaust memory or flood a message."""
+through, an optuna study keyed by what it searches, and kernel config files that cannot exhaust memory or flood a
+message."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import twinkle.kernel as tk
 from twinkle.kernel.profile import load_profile
@@ -291,6 +293,65 @@ def test_a_profile_symlink_through_the_installed_command(work):
     assert out.returncode == 0, out.stderr
     assert (work / "p.json").is_symlink() and Path(os.readlink(work / "p.json")) == work / "store" / "real.json"
     assert load_profile(work / "store" / "real.json").model == "fcmodel.py"
+
+
+# ------------------------------------------------------------------------------------------------ the study
+
+
+def _studies(storage: str) -> list[str]:
+    import optuna
+
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+
+
+def test_a_changed_model_file_starts_a_new_study(work):
+    storage = f"sqlite:///{work / 'study.db'}"
+    first = tune(work, "fcmodel.py", "--device", "cpu", "--trials", "2", "--storage", storage, "--quiet",
+                 "--profile", "one.json")
+    assert first.returncode == 0, first.stderr
+    model = work / "fcmodel.py"
+    model.write_text(model.read_text().replace("torch.ones(2, 8)", "torch.ones(2, 16)"))
+    second = tune(work, "fcmodel.py", "--device", "cpu", "--trials", "2", "--storage", storage, "--quiet",
+                  "--profile", "two.json")
+    assert second.returncode == 0, second.stderr
+    one = load_profile(work / "one.json").end_to_end["default"]["trials"]
+    two = load_profile(work / "two.json").end_to_end["default"]["trials"]
+    assert [t["number"] for t in two] == [0, 1]
+    # before: the old study resumed, 0 new trials, and the new profile carried the old file's trial times
+    assert not {t["median_ms"] for t in one} & {t["median_ms"] for t in two}
+    names = _studies(storage)
+    assert len(names) == 2 and all(n.startswith("fcmodel-cpu-inference-") for n in names)
+    again = tune(work, "fcmodel.py", "--device", "cpu", "--trials", "3", "--storage", storage, "--quiet",
+                 "--profile", "three.json")
+    assert again.returncode == 0, again.stderr
+    three = load_profile(work / "three.json").end_to_end["default"]["trials"]
+    assert [t["median_ms"] for t in three][:2] == [t["median_ms"] for t in two]  # the same file resumes
+    assert _studies(storage) == names
+
+
+def test_the_study_name_keys_what_the_search_searches(work, monkeypatch):
+    from autotune.cli import study_name
+
+    monkeypatch.syspath_prepend(str(work))
+    model = work / "fcmodel.py"
+    x8, x16 = (torch.ones(2, 8),), (torch.ones(2, 16),)
+    base = study_name(model, "cpu", "inference", "latency", x8)
+    assert base.startswith("fcmodel-cpu-inference-") and base == study_name(model, "cpu", "inference", "latency", x8)
+    assert base == study_name(model, None, "inference", "latency", x8) or torch.cuda.is_available()
+    others = {study_name(model, "cpu", "inference", "latency", x16),
+              study_name(model, "cpu", "inference", "latency", (torch.ones(2, 8, dtype=torch.float64),)),
+              study_name(model, "cpu", "train", "latency", x8), study_name(model, "cuda", "inference", "latency", x8),
+              study_name(model, "cpu", "inference", "memory", x8)}
+    tk.register_function_kernel("scale", "fc_pkg.ops", func_impl="fc_pkg.cands:scale_fast", device="cpu")
+    others.add(study_name(model, "cpu", "inference", "latency", x8))  # a candidate registered
+    assert base not in others and len(others) == 6
+
+
+def test_help_says_how_to_start_the_study_afresh():
+    out = tune(Path.cwd(), "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "delete the database file or give another URL" in text and "changed file starts a new study" in text
 
 
 # ------------------------------------------------------------------------------------------------ config files
