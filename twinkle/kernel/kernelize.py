@@ -35,10 +35,30 @@ _MISSING = object()
 _LOCK = threading.RLock()
 
 
+@dataclass(frozen=True)
+class _Previous:
+    """The instance-level forward twinkle replaced, held without a strong reference to its module (a record holding
+    the module's bound method would keep the module alive): such a method is kept as its function and bound again
+    when it is put back."""
+
+    value: Any = _MISSING  # _MISSING: the module had none (its class's forward ran)
+    bound: bool = False  # ``value`` is the function of a method bound to the module
+
+    @classmethod
+    def of(cls, module: nn.Module, forward: Any) -> _Previous:
+        if isinstance(forward, MethodType) and forward.__self__ is module:
+            return cls(forward.__func__, True)
+        return cls(forward)
+
+    def get(self, module: nn.Module) -> Any:
+        """The forward to put back on ``module`` (_MISSING: none)."""
+        return MethodType(self.value, module) if self.bound else self.value
+
+
 @dataclass
 class _LayerPatch:
     candidate: str
-    previous: Any  # the instance-level forward before twinkle touched it, or _MISSING
+    previous: _Previous  # the instance-level forward before twinkle touched it
 
 
 @dataclass
@@ -269,7 +289,7 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
     entry.dispatch = verdicts
     for _, module in members:
         record = _LAYER_PATCHES.get(module)
-        previous = record.previous if record else vars(module).get("forward", _MISSING)
+        previous = record.previous.get(module) if record else vars(module).get("forward", _MISSING)
         forward = LayerDispatch(module, verdicts, None if previous is _MISSING else previous)
         _plan_layer_patch(module, forward, entry.candidate, plan)
 
@@ -291,7 +311,7 @@ def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[C
 
 def _plan_layer_patch(module: nn.Module, forward: Any, cand_id: str, plan: _Plan) -> None:
     record = _LAYER_PATCHES.get(module)
-    previous = record.previous if record else vars(module).get("forward", _MISSING)
+    previous = record.previous if record else _Previous.of(module, vars(module).get("forward", _MISSING))
     plan.sets.append((module, "forward", forward))
     plan.commits.append(lambda: _LAYER_PATCHES.__setitem__(module, _LayerPatch(cand_id, previous)))
 
@@ -300,7 +320,7 @@ def _plan_layer_restore(module: nn.Module, plan: _Plan) -> None:
     record = _LAYER_PATCHES.get(module)
     if record is None:
         return
-    plan.sets.append((module, "forward", record.previous))
+    plan.sets.append((module, "forward", record.previous.get(module)))
     plan.commits.append(lambda: _LAYER_PATCHES.pop(module, None))
 
 
