@@ -5,7 +5,8 @@ from the current pick it tries every combination that changes one target, and wa
 choices add up nearly independently over a model, so these moves find what random samples miss in a small budget.
 The sampler (TPE) proposes the rest. ``trials`` bounds the study (a resumed study counts the trials it already
 has); ``patience`` stops it earlier, once that many sampled trials in a row found nothing better; ``storage`` (an
-optuna storage URL, e.g. ``sqlite:///tune.db``) keeps the study across runs.
+optuna storage URL, e.g. ``sqlite:///tune.db``) keeps the study across runs, named by ``study_name`` and a hash of the
+space searched (so each input set, with its own signatures, has its own study).
 
 The pick: with one objective, the best score; with ``both``, the lowest peak memory among the Pareto front's
 trials within ``min_gain`` of the fastest one's time (a smaller difference in time is no difference to the tuner).
@@ -13,6 +14,8 @@ trials within ``min_gain`` of the fastest one's time (a smaller difference in ti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +77,13 @@ def neighbours(choices: Choices, space: dict[str, list[str | None]]) -> list[Cho
     return out
 
 
+def study_name(name: str | None, space: dict[str, list[str | None]]) -> str:
+    """The stored study's name: ``name`` and a short hash of ``space`` (entry keys and their options), so that a
+    study is resumed only by the same search."""
+    digest = hashlib.sha256(json.dumps(sorted(space.items())).encode()).hexdigest()[:8]
+    return f"{name or 'twinkle-tune'}-{digest}"
+
+
 def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space: dict[str, list[str | None]],
         first: Choices, s: TuneSettings, report: Progress, enqueue: dict[str, Choices] | None = None) -> Found:
     """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best.
@@ -92,7 +102,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = {"latency": ["minimize"], "memory": ["minimize"], "both": ["minimize", "minimize"]}[s.objective]
     try:
-        study = optuna.create_study(study_name=s.study_name or "twinkle-tune", storage=s.storage,
+        study = optuna.create_study(study_name=study_name(s.study_name, space), storage=s.storage,
                                     load_if_exists=True, directions=directions,
                                     sampler=optuna.samplers.TPESampler(seed=s.seed))
     except Exception as exc:

@@ -329,6 +329,22 @@ def test_a_changed_model_file_starts_a_new_study(work):
     assert _studies(storage) == names
 
 
+def test_each_input_set_searches_in_its_own_stored_study(work):
+    model = work / "fcmodel.py"
+    model.write_text(model.read_text().replace(
+        "def example_inputs():\n    return (torch.ones(2, 8),)",
+        'def input_sets():\n    return {"small": (torch.ones(2, 8),), "big": (torch.ones(4, 64),)}'))
+    out = tune(work, "fcmodel.py", "--device", "cpu", "--trials", "2", "--storage", f"sqlite:///{work / 's.db'}",
+               "--quiet", "--profile", "p.json")
+    assert out.returncode == 0, out.stderr
+    summaries = load_profile(work / "p.json").end_to_end
+    for name, shape in (("small", "f32[2,8]"), ("big", "f32[4,64]")):
+        trials = summaries[name]["trials"]  # before: "big" resumed the study of "small", with its trials
+        assert [t["number"] for t in trials] == [0, 1]
+        assert all(list(t["choices"]) == [f"fc_pkg.ops.scale @ {shape}"] for t in trials), trials
+    assert len(_studies(f"sqlite:///{work / 's.db'}")) == 2
+
+
 def test_the_study_name_keys_what_the_search_searches(work, monkeypatch):
     from autotune.cli import study_name
 
