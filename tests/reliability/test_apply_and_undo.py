@@ -1,10 +1,13 @@
-"""Apply and undo leave no trace: the undo records keep no module alive. Each test is a user's scenario; the
-registry and patches are reset around every test by tests/conftest.py.
+"""Apply and undo leave no trace: copies of a kernelized model are known to twinkle, and the undo records keep no
+module alive. Each test is a user's scenario; the registry and patches are reset around every test by
+tests/conftest.py.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
 import weakref
 from types import MethodType
 
@@ -13,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from twinkle.kernel import kernelize_model, register_layer_kernel, unkernelize
+from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel, unkernelize
 from twinkle.kernel import signature as sig
+from twinkle.kernel.dispatch import LayerDispatch
 from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
 from twinkle.kernel.registry import REGISTRY
 
@@ -83,6 +87,80 @@ def run(model: nn.Module) -> list[str]:
     with torch.no_grad():
         model(X)
     return list(RAN)
+
+
+# ------------------------------------------------------------------------------------------------ copies
+
+
+def test_a_deep_copy_of_a_kernelized_model_is_undone_and_re_decided_like_the_model() -> None:
+    """A user kernelizes for inference, deep-copies the model for training, and undoes or re-kernelizes the copy."""
+    register_layer_kernel("linear", layer_impl=InferenceLinear, mode="inference")
+    model = kernelize_model(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), device="cpu")
+    assert run(model) == ["InferenceLinear"]
+
+    clone = copy.deepcopy(model)
+    assert run(clone) == ["InferenceLinear"]  # the copy runs the kernel, on its own module
+    unkernelize(clone)
+    assert "forward" not in vars(clone[0]) and run(clone) == []
+    assert run(model) == ["InferenceLinear"]  # the model it was copied from keeps its kernel
+
+    trainee = copy.deepcopy(model)
+    kernelize_model(trainee, mode="train", device="cpu")
+    [entry] = [e for e in kernel_report(trainee).entries if e.kind == "layer"]
+    assert entry.status == "original" and "may not serve a train run" in " ".join(entry.reasons)
+    assert "forward" not in vars(trainee[0])  # what the report says runs is what runs
+    RAN.clear()
+    trainee(X).sum().backward()
+    assert RAN == [] and trainee[0].weight.grad is not None and trainee[0].weight.grad.abs().sum() > 0
+    unkernelize(model)
+    assert run(model) == []
+
+
+def test_re_kernelizing_a_copy_keeps_the_forward_it_had_before_twinkle() -> None:
+    """A copy re-kernelized with another kernel never takes twinkle's first kernel for its own forward."""
+    register_layer_kernel("linear", layer_impl=InferenceLinear, mode="inference")
+    model = kernelize_model(nn.Sequential(nn.Linear(8, 8)), device="cpu")
+    clone = copy.deepcopy(model)
+    register_layer_kernel("linear", layer_impl=KernelLinear, mode="inference")  # the latest is tried first
+    kernelize_model(clone, device="cpu")
+    assert run(clone) == ["KernelLinear"]
+    unkernelize(clone)
+    assert "forward" not in vars(clone[0]) and run(clone) == []
+
+
+def test_a_deep_copy_of_a_model_kernelized_with_a_profile_is_undone() -> None:
+    """With a profile the copy's dispatcher names its candidate and the forward it replaced: both are undone."""
+    cand_id = register_layer_kernel("Scale", layer_impl=FastScale, device="cpu")
+    model = nn.Sequential(Scale(), nn.Linear(8, 8)).eval()
+    model[0].forward = MethodType(own_forward, model[0])
+    kernelize_model(model, device="cpu", profile=scale_profile(cand_id))
+    assert isinstance(vars(model[0])["forward"], LayerDispatch) and run(model) == ["FastScale"]
+
+    clone = copy.deepcopy(model)
+    assert run(clone) == ["FastScale"]
+    unkernelize(clone)
+    forward = vars(clone[0])["forward"]
+    assert forward.__func__ is own_forward and forward.__self__ is clone[0]  # the copy's own forward, as before
+    assert run(clone) == ["own_forward"]
+    kernelize_model(clone, device="cpu", profile=scale_profile(cand_id))
+    assert run(clone) == ["FastScale"]
+    unkernelize(clone)
+    assert run(clone) == ["own_forward"]  # re-kernelizing did not take the dispatcher for the copy's own forward
+    assert run(model) == ["FastScale"]
+
+
+def test_a_pickled_model_kernelized_with_a_profile_is_undone_once_loaded() -> None:
+    cand_id = register_layer_kernel("Scale", layer_impl=FastScale, device="cpu", mode="inference")
+    model = kernelize_model(nn.Sequential(Scale(), nn.Linear(8, 8)).eval(), device="cpu",
+                            profile=scale_profile(cand_id))
+    loaded = pickle.loads(pickle.dumps(model))
+    assert run(loaded) == ["FastScale"]
+    kernelize_model(loaded, mode="train", device="cpu")  # no kernel may serve train: the original
+    assert "forward" not in vars(loaded[0]) and run(loaded) == []
+    loaded = pickle.loads(pickle.dumps(model))
+    unkernelize(loaded)
+    assert "forward" not in vars(loaded[0]) and run(loaded) == []
+    assert run(model) == ["FastScale"]
 
 
 # ------------------------------------------------------------------------------------------------ memory

@@ -42,14 +42,16 @@ class Verdicts:
 
 class LayerDispatch:
     """Stands in for one module's ``forward``: ``previous`` is the instance-level forward it replaced (None: the
-    class's)."""
+    class's), ``candidate`` the winners' ids. Both travel with copies of the module (``copy.deepcopy``, pickle), which
+    is how ``unkernelize`` restores a copy."""
 
-    def __init__(self, module: torch.nn.Module, verdicts: Verdicts, previous: Callable[..., Any] | None = None
-                 ) -> None:
+    def __init__(self, module: torch.nn.Module, verdicts: Verdicts, previous: Callable[..., Any] | None = None,
+                 candidate: str | None = None) -> None:
         self.module = module
         self.verdicts = verdicts
         self.exact = verdicts.exact
         self.previous = previous
+        self.candidate = candidate
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module

@@ -72,6 +72,10 @@ class _FunctionPatch:
 
 _LAYER_PATCHES: WeakKeyDictionary[nn.Module, _LayerPatch] = WeakKeyDictionary()
 _FUNCTION_PATCHES: dict[str, _FunctionPatch] = {}
+# Kernel forwards twinkle binds to modules -> a candidate id: a copy of a kernelized model (copy.deepcopy) holds them
+# bound to its own modules, with no undo record; this is how twinkle knows them as its own.
+_KERNEL_FORWARDS: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
+_KERNEL_FORWARDS_STRONG: dict[Any, str] = {}  # those that take no weak reference
 _LAYER_ENTRIES: WeakKeyDictionary[nn.Module, list[Entry]] = WeakKeyDictionary()
 _FUNCTION_ENTRIES: dict[str, Entry] = {}
 
@@ -219,7 +223,7 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
         found = class_match[cls]
         if found is not None:
             groups.setdefault((found[0], cls), []).append((path, module))
-        elif module in _LAYER_PATCHES:
+        else:
             _plan_layer_restore(module, plan)  # its kernel is no longer eligible here
     choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]] = {}
     for (name, cls), members in groups.items():
@@ -254,8 +258,10 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
             continue
         if reasons:
             logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id, "; ".join(reasons))
+        func, cand_id = layer.forward, cand.id
+        plan.commits.append(lambda func=func, cand_id=cand_id: _remember_kernel(func, cand_id))
         for _, module in members:
-            _plan_layer_patch(module, MethodType(layer.forward, module), cand.id, plan)
+            _plan_layer_patch(module, lambda previous, module=module: MethodType(func, module), cand_id, plan)
 
 
 def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Candidate], why_not: list[str],
@@ -285,13 +291,11 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
             _plan_layer_restore(module, plan)
         return
     entry.status = "applied"
-    entry.candidate = ", ".join(sorted({v.kernel for v in entry.verdicts if v.kernel}))
+    entry.candidate = cand_id = ", ".join(sorted({v.kernel for v in entry.verdicts if v.kernel}))
     entry.dispatch = verdicts
     for _, module in members:
-        record = _LAYER_PATCHES.get(module)
-        previous = record.previous.get(module) if record else vars(module).get("forward", _MISSING)
-        forward = LayerDispatch(module, verdicts, None if previous is _MISSING else previous)
-        _plan_layer_patch(module, forward, entry.candidate, plan)
+        _plan_layer_patch(module, lambda previous, module=module: LayerDispatch(module, verdicts, previous, cand_id),
+                          cand_id, plan)
 
 
 def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[Candidate, str]]]]
@@ -309,15 +313,61 @@ def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[C
     return ineligible
 
 
-def _plan_layer_patch(module: nn.Module, forward: Any, cand_id: str, plan: _Plan) -> None:
-    record = _LAYER_PATCHES.get(module)
+def _remember_kernel(func: Any, cand_id: str) -> None:
+    try:
+        _KERNEL_FORWARDS[func] = cand_id
+    except TypeError:  # takes no weak reference
+        _KERNEL_FORWARDS_STRONG[func] = cand_id
+
+
+def _kernel_forward(func: Any) -> str | None:
+    """The candidate id of a kernel forward twinkle binds, or None when ``func`` is not one."""
+    try:
+        found = _KERNEL_FORWARDS.get(func)
+    except TypeError:
+        found = None
+    if found is None:
+        try:
+            found = _KERNEL_FORWARDS_STRONG.get(func)
+        except TypeError:  # unhashable
+            return None
+    return found
+
+
+def _twinkle_forward(module: nn.Module) -> _LayerPatch | None:
+    """What twinkle's own instance ``forward`` on ``module`` says of its patch: a dispatcher names its candidate
+    and the forward it replaced; a bound kernel forward its candidate (it replaced the class's forward). None when
+    the module's forward is not twinkle's."""
+    forward = vars(module).get("forward", _MISSING)
+    if isinstance(forward, LayerDispatch) and forward.module is module:
+        previous = _MISSING if forward.previous is None else forward.previous
+        return _LayerPatch(getattr(forward, "candidate", None) or "", _Previous.of(module, previous))
+    if isinstance(forward, MethodType) and forward.__self__ is module:
+        cand_id = _kernel_forward(forward.__func__)
+        if cand_id is not None:
+            return _LayerPatch(cand_id, _Previous())
+    return None
+
+
+def _layer_patch(module: nn.Module) -> _LayerPatch | None:
+    """twinkle's patch of ``module``: its undo record, or, on a copy of a kernelized model (which has none), what
+    twinkle's forward on it says."""
+    return _LAYER_PATCHES.get(module) or _twinkle_forward(module)
+
+
+def _plan_layer_patch(module: nn.Module, make: Callable[[Any], Any], cand_id: str, plan: _Plan) -> None:
+    """Plan ``module.forward = make(previous)``, where ``previous`` is the instance forward twinkle found (None:
+    the class's); the undo record keeps that one."""
+    record = _layer_patch(module)
     previous = record.previous if record else _Previous.of(module, vars(module).get("forward", _MISSING))
-    plan.sets.append((module, "forward", forward))
+    current = previous.get(module)
+    plan.sets.append((module, "forward", make(None if current is _MISSING else current)))
     plan.commits.append(lambda: _LAYER_PATCHES.__setitem__(module, _LayerPatch(cand_id, previous)))
 
 
 def _plan_layer_restore(module: nn.Module, plan: _Plan) -> None:
-    record = _LAYER_PATCHES.get(module)
+    """Plan putting back the forward twinkle replaced on ``module``."""
+    record = _layer_patch(module)
     if record is None:
         return
     plan.sets.append((module, "forward", record.previous.get(module)))
@@ -541,7 +591,8 @@ def apply_function_kernel(*, target_module: str | ModuleType | None = None, devi
 
 
 def unkernelize(model: nn.Module | None = None) -> nn.Module | None:
-    """Restore exactly the layers patched in ``model`` (in every model when None), and every patched function."""
+    """Restore exactly the layers patched in ``model`` (in every model when None; a copy of a kernelized model too),
+    and every patched function."""
     with _LOCK:
         plan = _Plan()
         modules = list(model.modules()) if model is not None else list(_LAYER_PATCHES.keys())
