@@ -1,13 +1,16 @@
-"""Apply and undo leave no trace: copies of a kernelized model are known to twinkle, and the undo records keep no
-module alive. Each test is a user's scenario; the registry and patches are reset around every test by
-tests/conftest.py.
+"""Apply and undo leave no trace: copies of a kernelized model are known to twinkle, ``unkernelize`` undoes only
+what twinkle did, and the undo records keep no module alive. Each test is a user's scenario; the registry and
+patches are reset around every test by tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import logging
 import pickle
+import sys
+import types
 import weakref
 from types import MethodType
 
@@ -16,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel, unkernelize
+from twinkle.kernel import (kernel_report, kernelize_model, register_function_kernel, register_layer_kernel,
+                            unkernelize)
 from twinkle.kernel import signature as sig
 from twinkle.kernel.dispatch import LayerDispatch
 from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
@@ -161,6 +165,76 @@ def test_a_pickled_model_kernelized_with_a_profile_is_undone_once_loaded() -> No
     unkernelize(loaded)
     assert "forward" not in vars(loaded[0]) and run(loaded) == []
     assert run(model) == ["FastScale"]
+
+
+# ------------------------------------------------------------------------------------------------ only twinkle's
+
+
+def slow_scale(x: float) -> float:
+    return x * 2
+
+
+def fast_scale(x: float) -> float:
+    RAN.append("fast_scale")
+    return x * 2
+
+
+@pytest.fixture
+def ops() -> types.ModuleType:
+    """A module whose function ``scale`` is patched (no file: never reloaded)."""
+    module = types.ModuleType("twinkle_undo_ops")
+    module.scale = slow_scale  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+
+
+def test_unkernelize_leaves_a_function_a_third_party_patched_after_twinkle(ops: types.ModuleType,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A tracing library wraps the function after twinkle patched it: unkernelize keeps the wrapper."""
+    register_function_kernel("scale", ops.__name__, func_impl=fast_scale)
+    kernelize_model(None, device="cpu")
+    assert ops.scale is fast_scale
+    kernel = ops.scale
+
+    def traced(x: float) -> float:
+        RAN.append("traced")
+        return kernel(x)
+
+    ops.scale = traced
+    with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
+        unkernelize()
+    assert ops.scale is traced
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "twinkle_undo_ops.scale" in warnings[0]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
+        unkernelize()  # twinkle forgot its patch: nothing more to undo, nothing more to say
+    assert ops.scale is traced and not caplog.records
+    kernelize_model(None, device="cpu")  # theirs is now the original that twinkle patches and puts back
+    assert ops.scale is fast_scale
+    unkernelize()
+    assert ops.scale is traced
+
+
+def test_unkernelize_leaves_a_forward_the_user_set_after_kernelize(caplog: pytest.LogCaptureFixture) -> None:
+    register_layer_kernel("linear", layer_impl=KernelLinear)
+    model = kernelize_model(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), device="cpu")
+    assert run(model) == ["KernelLinear", "KernelLinear"]
+    model[1].forward = MethodType(own_forward, model[1])
+
+    with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
+        unkernelize(model)
+    assert "forward" not in vars(model[0])
+    assert vars(model[1])["forward"].__func__ is own_forward and run(model) == ["own_forward"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "forward of 1 (Linear)" in warnings[0]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
+        unkernelize()
+    assert vars(model[1])["forward"].__func__ is own_forward and not caplog.records
 
 
 # ------------------------------------------------------------------------------------------------ memory

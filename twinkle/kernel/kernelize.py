@@ -68,6 +68,7 @@ class _FunctionPatch:
     original: Any
     candidate: str
     aliases: list[str] = field(default_factory=list)  # alias modules patched too
+    installed: Any = None  # what twinkle set: the kernel, or its dispatcher
 
 
 _LAYER_PATCHES: WeakKeyDictionary[nn.Module, _LayerPatch] = WeakKeyDictionary()
@@ -90,6 +91,8 @@ class _Plan:
     sets: list[tuple[Any, str, Any]] = field(default_factory=list)
     commits: list[Callable[[], None]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # twinkle's patches someone replaced since: left to them
+    restored: set[str] = field(default_factory=set)  # function targets whose restore is planned
 
 
 def _set(obj: Any, attr: str, value: Any) -> None:
@@ -113,6 +116,10 @@ def _apply(plan: _Plan) -> None:
         raise
     for commit in plan.commits:
         commit()
+    if plan.foreign:
+        logger.warning("%s: replaced by someone else after twinkle patched it; twinkle undoes only its own patches, "
+                       "so it forgot these and leaves what is there now in place, as the original",
+                       ", ".join(dict.fromkeys(plan.foreign)))
 
 
 # ------------------------------------------------------------------------------------------------- choosing
@@ -224,7 +231,7 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
         if found is not None:
             groups.setdefault((found[0], cls), []).append((path, module))
         else:
-            _plan_layer_restore(module, plan)  # its kernel is no longer eligible here
+            _plan_layer_restore(module, plan, path)  # its kernel is no longer eligible here
     choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]] = {}
     for (name, cls), members in groups.items():
         _, cands, why_not = class_match[cls]  # type: ignore[misc]
@@ -232,8 +239,8 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
             plan.entries.append(Entry(kind="layer", target=name, status="original", device=device, mode=mode,
                                       module_class=class_path(cls), where=[p for p, _ in members],
                                       reasons=list(why_not)))
-            for _, module in members:
-                _plan_layer_restore(module, plan)
+            for path, module in members:
+                _plan_layer_restore(module, plan, path)
             continue
         if profile is not None:
             _plan_layer_verdicts(profile, name, cls, cands, why_not, members, device, mode, use_fallback, count,
@@ -253,15 +260,15 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
                 raise KernelError(name, "no candidate could be applied: " + "; ".join(reasons))
             if reasons:
                 logger.warning("layer %s on %s: keeping the original; %s", name, cls.__qualname__, "; ".join(reasons))
-            for _, module in members:
-                _plan_layer_restore(module, plan)
+            for path, module in members:
+                _plan_layer_restore(module, plan, path)
             continue
         if reasons:
             logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id, "; ".join(reasons))
         func, cand_id = layer.forward, cand.id
         plan.commits.append(lambda func=func, cand_id=cand_id: _remember_kernel(func, cand_id))
-        for _, module in members:
-            _plan_layer_patch(module, lambda previous, module=module: MethodType(func, module), cand_id, plan)
+        for path, module in members:
+            _plan_layer_patch(module, lambda previous, module=module: MethodType(func, module), cand_id, plan, path)
 
 
 def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Candidate], why_not: list[str],
@@ -278,8 +285,8 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
         entry.status = "not tuned"
         entry.reasons.append(f"the profile {profile.origin} has no verdict for {class_path(cls)}"
                              + (f" (it measured {name} on {', '.join(measured)} only)" if measured else ""))
-        for _, module in members:
-            _plan_layer_restore(module, plan)
+        for path, module in members:
+            _plan_layer_restore(module, plan, path)
         return
     verdicts, entry.verdicts, skipped = _verdicts(target, cands, device, mode, use_fallback,
                                                   lambda layer: layer_problem(layer, cls), True, count)
@@ -287,15 +294,15 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
     if skipped:
         logger.warning("layer %s on %s: the original runs where %s", name, cls.__qualname__, "; ".join(skipped))
     if not verdicts.exact:
-        for _, module in members:
-            _plan_layer_restore(module, plan)
+        for path, module in members:
+            _plan_layer_restore(module, plan, path)
         return
     entry.status = "applied"
     entry.candidate = cand_id = ", ".join(sorted({v.kernel for v in entry.verdicts if v.kernel}))
     entry.dispatch = verdicts
-    for _, module in members:
+    for path, module in members:
         _plan_layer_patch(module, lambda previous, module=module: LayerDispatch(module, verdicts, previous, cand_id),
-                          cand_id, plan)
+                          cand_id, plan, path)
 
 
 def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[Candidate, str]]]]
@@ -311,6 +318,12 @@ def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[C
         if why_not and ineligible is None:
             ineligible = (name, [], why_not)
     return ineligible
+
+
+def _label(path: str | None, module: nn.Module) -> str:
+    """How warnings name a module's forward."""
+    where = f"{path or '(root)'} " if path is not None else ""
+    return f"the forward of {where}({type(module).__qualname__})"
 
 
 def _remember_kernel(func: Any, cand_id: str) -> None:
@@ -349,28 +362,38 @@ def _twinkle_forward(module: nn.Module) -> _LayerPatch | None:
     return None
 
 
-def _layer_patch(module: nn.Module) -> _LayerPatch | None:
-    """twinkle's patch of ``module``: its undo record, or, on a copy of a kernelized model (which has none), what
-    twinkle's forward on it says."""
-    return _LAYER_PATCHES.get(module) or _twinkle_forward(module)
+def _layer_patch(module: nn.Module) -> tuple[_LayerPatch | None, bool]:
+    """twinkle's patch of ``module`` (its undo record, or, on a copy of a kernelized model, which has none, what
+    twinkle's forward says), and whether the record is stale: the forward was replaced since twinkle set it."""
+    record = _LAYER_PATCHES.get(module)
+    found = _twinkle_forward(module)
+    if found is None:
+        return None, record is not None
+    return record or found, False
 
 
-def _plan_layer_patch(module: nn.Module, make: Callable[[Any], Any], cand_id: str, plan: _Plan) -> None:
+def _plan_layer_patch(module: nn.Module, make: Callable[[Any], Any], cand_id: str, plan: _Plan,
+                      path: str | None) -> None:
     """Plan ``module.forward = make(previous)``, where ``previous`` is the instance forward twinkle found (None:
     the class's); the undo record keeps that one."""
-    record = _layer_patch(module)
+    record, stale = _layer_patch(module)
+    if stale:
+        plan.foreign.append(_label(path, module))
     previous = record.previous if record else _Previous.of(module, vars(module).get("forward", _MISSING))
     current = previous.get(module)
     plan.sets.append((module, "forward", make(None if current is _MISSING else current)))
     plan.commits.append(lambda: _LAYER_PATCHES.__setitem__(module, _LayerPatch(cand_id, previous)))
 
 
-def _plan_layer_restore(module: nn.Module, plan: _Plan) -> None:
-    """Plan putting back the forward twinkle replaced on ``module``."""
-    record = _layer_patch(module)
-    if record is None:
+def _plan_layer_restore(module: nn.Module, plan: _Plan, path: str | None) -> None:
+    """Plan putting back the forward twinkle replaced on ``module``; one replaced since by someone else stays."""
+    record, stale = _layer_patch(module)
+    if stale:
+        plan.foreign.append(_label(path, module))
+    elif record is None:
         return
-    plan.sets.append((module, "forward", record.previous.get(module)))
+    else:
+        plan.sets.append((module, "forward", record.previous.get(module)))
     plan.commits.append(lambda: _LAYER_PATCHES.pop(module, None))
 
 
@@ -415,14 +438,18 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
                               use_fallback)
             continue
         record = _FUNCTION_PATCHES.get(target)
+        if record is not None and vars(module).get(func, _MISSING) is not record.installed:
+            _plan_function_restore(target, plan)  # patched over since: theirs is the original now
+            record = None
         original = record.original if record else vars(module).get(func, _MISSING)
         if original is _MISSING:
             _function_refused(entry, f"module {module_name} has no attribute {func!r}; twinkle.kernel patches "
                                      "existing functions and never creates one", use_fallback)
             continue
-        # Aliases: modules holding the original, and those an earlier call patched (they hold the kernel now).
-        # Never search for the kernel itself: its own repo module holds it under the same name.
-        entry.aliases = sorted(set(_aliases(module, func, original)) | set(record.aliases if record else ()))
+        # Aliases: modules holding the original, and those an earlier call patched (they hold the kernel now, unless
+        # someone replaced it since). Never search for the kernel itself: its own repo module holds it too.
+        patched = _own_aliases(record, plan)
+        entry.aliases = sorted(set(_aliases(module, func, original)) | set(patched))
         if profile is not None:
             found = profile.target("function", target)
             if found is None:
@@ -457,30 +484,55 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
         entry.status, entry.candidate = "applied", cand_id
         entry.aliases_patched = patch_aliases
         alias_mods = entry.aliases if patch_aliases else []
-        plan.sets.extend(_function_sets(target, module, func, kernel, original, alias_mods))
-        patch = _FunctionPatch(module_name, func, original, cand_id, alias_mods)
+        plan.sets.extend(_function_sets(module, func, kernel, original, alias_mods, patched))
+        patch = _FunctionPatch(module_name, func, original, cand_id, alias_mods, kernel)
         plan.commits.append(lambda target=target, patch=patch: _FUNCTION_PATCHES.__setitem__(target, patch))
         applied.append(target)
     return applied
 
 
-def _function_sets(target: str, module: ModuleType, func: str, kernel: Any, original: Any,
-                   alias_mods: list[str]) -> list[tuple[Any, str, Any]]:
+def _function_sets(module: ModuleType, func: str, kernel: Any, original: Any, alias_mods: list[str],
+                   previously: list[str]) -> list[tuple[Any, str, Any]]:
     sets = [(module, func, kernel)]
-    record = _FUNCTION_PATCHES.get(target)
-    previously = set(record.aliases) if record else set()
-    for name in sorted(previously | set(alias_mods)):
+    for name in sorted(set(previously) | set(alias_mods)):
         mod = sys.modules.get(name)
         if mod is not None:
             sets.append((mod, func, kernel if name in alias_mods else original))
     return sets
 
 
-def _plan_function_restore(target: str, plan: _Plan) -> None:
-    record = _FUNCTION_PATCHES.get(target)
+def _holds(name: str, func: str, value: Any) -> bool | None:
+    """Whether the module ``name`` holds ``value`` as ``func`` (None: the module is gone)."""
+    mod = sys.modules.get(name)
+    if mod is None:
+        return None
+    return getattr(mod, "__dict__", {}).get(func, _MISSING) is value
+
+
+def _own_aliases(record: _FunctionPatch | None, plan: _Plan) -> list[str]:
+    """The alias modules of ``record`` that still hold twinkle's kernel; those that hold something else now are
+    left to whoever put it there (and named in one warning)."""
     if record is None:
+        return []
+    foreign = [name for name in record.aliases if _holds(name, record.func, record.installed) is False]
+    plan.foreign += [f"{name}.{record.func} (an alias)" for name in foreign]
+    return [name for name in record.aliases if name not in foreign]
+
+
+def _plan_function_restore(target: str, plan: _Plan) -> None:
+    """Plan putting back the original of ``target`` and of its patched aliases; those replaced since by someone
+    else stay."""
+    record = _FUNCTION_PATCHES.get(target)
+    if record is None or target in plan.restored:
         return
-    for name in [record.module] + record.aliases:
+    plan.restored.add(target)
+    if _holds(record.module, record.func, record.installed) is False:
+        plan.foreign.append(target)
+    else:
+        mod = sys.modules.get(record.module)
+        if mod is not None:
+            plan.sets.append((mod, record.func, record.original))
+    for name in _own_aliases(record, plan):
         mod = sys.modules.get(name)
         if mod is not None:
             plan.sets.append((mod, record.func, record.original))
@@ -592,12 +644,15 @@ def apply_function_kernel(*, target_module: str | ModuleType | None = None, devi
 
 def unkernelize(model: nn.Module | None = None) -> nn.Module | None:
     """Restore exactly the layers patched in ``model`` (in every model when None; a copy of a kernelized model too),
-    and every patched function."""
+    and every patched function. A forward or function someone replaced after twinkle patched it stays theirs."""
     with _LOCK:
         plan = _Plan()
-        modules = list(model.modules()) if model is not None else list(_LAYER_PATCHES.keys())
-        for module in modules:
-            _plan_layer_restore(module, plan)
+        if model is not None:
+            for path, module in model.named_modules():
+                _plan_layer_restore(module, plan, path)
+        else:
+            for module in list(_LAYER_PATCHES.keys()):
+                _plan_layer_restore(module, plan, None)
         for target in list(_FUNCTION_PATCHES):
             _plan_function_restore(target, plan)
         _apply(plan)
