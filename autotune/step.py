@@ -69,7 +69,9 @@ class Step:
         if outs:
             if self._grads is None:
                 gen = torch.Generator(device="cpu").manual_seed(self._seed)
-                self._grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in outs]
+                # drawn in float32 whatever the output's dtype: a float64 reference run gets the same gradients
+                self._grads = [torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype)
+                               for t in outs]
             torch.autograd.backward(outs, self._grads)
         return out
 
