@@ -1,6 +1,7 @@
 """Apply and undo leave no trace: copies of a kernelized model are known to twinkle, ``unkernelize`` undoes only
-what twinkle did, and the undo records keep no module alive. Each test is a user's scenario; the registry and
-patches are reset around every test by tests/conftest.py.
+what twinkle did, the undo records keep no module alive, and the built-in pools match modules on their structure as
+well as on their name. Each test is a user's scenario; the registry and patches are reset around every test by
+tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from twinkle.kernel import (kernel_report, kernelize_model, register_function_kernel, register_layer_kernel,
-                            unkernelize)
+                            unkernelize, use_pools)
 from twinkle.kernel import signature as sig
 from twinkle.kernel.dispatch import LayerDispatch
 from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
@@ -268,3 +269,86 @@ def test_the_forward_a_module_had_is_put_back_bound_to_it() -> None:
     assert forward.__func__ is own_forward and forward.__self__ is model[0] and run(model) == ["own_forward"]
 
 
+# ------------------------------------------------------------------------------------------------ pool structure
+
+
+class RMSNorm(nn.Module):
+    """A Llama-style RMSNorm: matched by name, a weight of shape (hidden,) and ``variance_epsilon``."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, hidden))
+        self.variance_epsilon = 1e-6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(variance + self.variance_epsilon)).to(x.dtype)
+
+
+class MyNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        RAN.append("MyNorm")
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+def rms_norm_4x64() -> nn.RMSNorm:
+    """torch.nn.RMSNorm over the last two dimensions, with a weight that is not all ones."""
+    norm = nn.RMSNorm((4, 64), eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 256).reshape(4, 64))
+    return norm
+
+
+def test_the_pools_leave_an_rms_norm_over_two_dimensions_alone() -> None:
+    """torch.nn.RMSNorm((4, 64)) is named RMSNorm but normalizes over two dimensions: no pool kernel touches it,
+    and the report says why; a Llama-style RMSNorm of the same model keeps its kernel."""
+    use_pools("torch")
+    model = nn.Sequential(rms_norm_4x64(), RMSNorm(64), nn.RMSNorm(64, eps=1e-5))
+    x = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x)
+    kernelize_model(model, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want)
+    assert "forward" not in vars(model[0])
+    assert vars(model[1])["forward"].__func__.__module__ == "twinkle.kernel.builtin"  # the torch pool's kernel
+    assert vars(model[2])["forward"].__func__.__module__ == "twinkle.kernel.builtin"  # 1-D weight and an eps: fits
+    entries = {tuple(e.where): e for e in kernel_report(model).entries}
+    left = entries[("0",)]
+    assert left.status == "original" and left.module_class == "torch.nn.modules.normalization.RMSNorm"
+    assert any("normalized_shape=(4, 64)" in r and "last one only" in r for r in left.reasons), left.reasons
+    assert entries[("2",)].status == "applied" and entries[("1",)].status == "applied"
+    assert "normalized_shape=(4, 64)" in str(kernel_report(model))
+
+
+def test_transformers_rms_norms_still_match_the_pools() -> None:
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    use_pools("torch")
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(config).eval()
+    kernelize_model(model, device="cpu")
+    norms = [m for m in model.modules() if isinstance(m, LlamaRMSNorm)]
+    assert norms and all("forward" in vars(m) for m in norms)
+    assert all(e.status == "applied" for e in kernel_report(model).entries if e.target in ("RMSNorm", "SwiGLUMLP"))
+
+
+def test_a_users_registration_still_matches_by_name_alone() -> None:
+    register_layer_kernel("RMSNorm", layer_impl=MyNorm, device="cpu")
+    use_pools("torch")
+    model = nn.Sequential(rms_norm_4x64())
+    kernelize_model(model, device="cpu")
+    assert run_norm(model) == ["MyNorm"]
+    [entry] = [e for e in kernel_report(model).entries if e.kind == "layer"]
+    assert entry.status == "applied" and entry.candidate.endswith("MyNorm")
+    assert any("leaves these modules alone" in r for r in entry.reasons)
+
+
+def run_norm(model: nn.Module) -> list[str]:
+    RAN.clear()
+    with torch.no_grad():
+        model(torch.randn(2, 4, 64))
+    return list(RAN)

@@ -24,6 +24,7 @@ from .dispatch import FunctionDispatch, LayerDispatch, Verdicts
 from .errors import KernelError
 from .layer import class_path, layer_problem, matches
 from .mode import is_train, parse_mode
+from .pools import is_pool_candidate, structure_problem
 from .profile import Profile, Target, load_profile, mismatches
 from .registry import REGISTRY, Candidate
 from .report import Entry, KernelReport, Verdict
@@ -157,10 +158,11 @@ def _choose(target: str, cands: list[Candidate], device: str, mode: str, use_fal
 
 def _verdicts(target: Target, cands: list[Candidate], device: str, mode: str,
               use_fallback: bool, check: Callable[[Any], str | None], layer: bool,
-              count: bool) -> tuple[Verdicts, list[Verdict], list[str]]:
+              count: bool, refused: dict[str, str] | None = None) -> tuple[Verdicts, list[Verdict], list[str]]:
     """The profile's winners for ``target`` that may run here: per signature, the winner's kernel when it is
     registered for this device and mode now, loads (a Hub winner at the commit measured), suits the mode and is the
-    code that was measured; else the original. Returns the table, one line per signature, and what was skipped."""
+    code that was measured; else the original. Returns the table, one line per signature, and what was skipped.
+    ``refused``: candidate ids left out for these modules, and why."""
     by_id = {c.id: c for c in cands}
     loaded: dict[tuple[str, str | None], tuple[Any, str | None]] = {}  # (id, commit) -> (kernel, why not)
     exact: dict[Any, Any] = {}
@@ -174,6 +176,11 @@ def _verdicts(target: Target, cands: list[Candidate], device: str, mode: str,
         row = d.row(d.winner)
         assert row is not None  # load_profile's guards
         cand = by_id.get(d.winner)
+        if cand is None and refused and d.winner in refused:
+            why = f"its winner {d.winner} {refused[d.winner]}"
+            lines.append(Verdict(d.text, None, why))
+            skipped.append(f"{d.text}: {why}")
+            continue
         if cand is None:
             why = f"its winner {d.winner} is not registered for device {device} and mode {mode} now"
             lines.append(Verdict(d.text, None, why))
@@ -233,47 +240,82 @@ def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, p
         else:
             _plan_layer_restore(module, plan, path)  # its kernel is no longer eligible here
     choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]] = {}
-    for (name, cls), members in groups.items():
-        _, cands, why_not = class_match[cls]  # type: ignore[misc]
-        if not cands:  # registered for this class, but not for this device or mode: the original serves
-            plan.entries.append(Entry(kind="layer", target=name, status="original", device=device, mode=mode,
-                                      module_class=class_path(cls), where=[p for p, _ in members],
-                                      reasons=list(why_not)))
-            for path, module in members:
-                _plan_layer_restore(module, plan, path)
+    for (name, cls), group in groups.items():
+        _, all_cands, class_why_not = class_match[cls]  # type: ignore[misc]
+        for cands, refused, members in _by_structure(all_cands, group):
+            why_not = [f"{cid}: {why}" for cid, why in refused.items()] + class_why_not
+            _plan_layer_group(name, cls, cands, why_not, refused, members, device, mode, use_fallback, profile,
+                              count, choice_cache, plan)
+
+
+def _by_structure(cands: list[Candidate], members: list[tuple[str, nn.Module]]
+                  ) -> list[tuple[list[Candidate], dict[str, str], list[tuple[str, nn.Module]]]]:
+    """Split ``members`` by what the built-in pools' candidates make of their structure: the modules they fit keep
+    every candidate; the others keep the user's only, and each pool candidate's id says why it left them alone
+    (pool targets match on structure as well as on name or class; user registrations on name or class alone)."""
+    pooled = [c for c in cands if is_pool_candidate(c)]
+    if not pooled:
+        return [(cands, {}, members)]
+    by_problem: dict[str | None, list[tuple[str, nn.Module]]] = {}
+    for path, module in members:
+        by_problem.setdefault(structure_problem(pooled[0].target, module), []).append((path, module))
+    out: list[tuple[list[Candidate], dict[str, str], list[tuple[str, nn.Module]]]] = []
+    for problem, subset in by_problem.items():
+        if problem is None:
+            out.append((cands, {}, subset))
             continue
-        if profile is not None:
-            _plan_layer_verdicts(profile, name, cls, cands, why_not, members, device, mode, use_fallback, count,
-                                 plan)
-            continue
-        key = (name, cls, tuple(c.id for c in cands))
-        if key not in choice_cache:
-            choice_cache[key] = _choose(name, cands, device, mode, use_fallback,
-                                        lambda layer, cls=cls: layer_problem(layer, cls))
-        cand, layer, reasons = choice_cache[key]
-        entry = Entry(kind="layer", target=name, status="applied" if cand else "original", device=device, mode=mode,
-                      candidate=cand.id if cand else None, resolved=cand.source.resolved() if cand else None,
-                      module_class=class_path(cls), where=[p for p, _ in members], reasons=reasons + why_not)
-        plan.entries.append(entry)
-        if cand is None:
-            if not use_fallback:
-                raise KernelError(name, "no candidate could be applied: " + "; ".join(reasons))
-            if reasons:
-                logger.warning("layer %s on %s: keeping the original; %s", name, cls.__qualname__, "; ".join(reasons))
-            for path, module in members:
-                _plan_layer_restore(module, plan, path)
-            continue
-        if reasons:
-            logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id, "; ".join(reasons))
-        func, cand_id = layer.forward, cand.id
-        plan.commits.append(lambda func=func, cand_id=cand_id: _remember_kernel(func, cand_id))
+        logger.info("layer %s: the built-in pools leave %s alone: %s", pooled[0].target,
+                    ", ".join(p or "(root)" for p, _ in subset), problem)
+        out.append(([c for c in cands if not is_pool_candidate(c)],
+                    {c.id: f"leaves these modules alone: {problem}" for c in pooled}, subset))
+    return out
+
+
+def _plan_layer_group(name: str, cls: type, cands: list[Candidate], why_not: list[str], refused: dict[str, str],
+                      members: list[tuple[str, nn.Module]], device: str, mode: str, use_fallback: bool,
+                      profile: Profile | None, count: bool,
+                      choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]],
+                      plan: _Plan) -> None:
+    """Plan the modules ``members`` of class ``cls``, which ``cands`` (best first) may serve for ``name``."""
+    if not cands:  # registered for this class, but not for this device or mode (or these modules): the original
+        plan.entries.append(Entry(kind="layer", target=name, status="original", device=device, mode=mode,
+                                  module_class=class_path(cls), where=[p for p, _ in members],
+                                  reasons=list(why_not)))
         for path, module in members:
-            _plan_layer_patch(module, lambda previous, module=module: MethodType(func, module), cand_id, plan, path)
+            _plan_layer_restore(module, plan, path)
+        return
+    if profile is not None:
+        _plan_layer_verdicts(profile, name, cls, cands, why_not, refused, members, device, mode, use_fallback,
+                             count, plan)
+        return
+    key = (name, cls, tuple(c.id for c in cands))
+    if key not in choice_cache:
+        choice_cache[key] = _choose(name, cands, device, mode, use_fallback,
+                                    lambda layer, cls=cls: layer_problem(layer, cls))
+    cand, layer, reasons = choice_cache[key]
+    entry = Entry(kind="layer", target=name, status="applied" if cand else "original", device=device, mode=mode,
+                  candidate=cand.id if cand else None, resolved=cand.source.resolved() if cand else None,
+                  module_class=class_path(cls), where=[p for p, _ in members], reasons=reasons + why_not)
+    plan.entries.append(entry)
+    if cand is None:
+        if not use_fallback:
+            raise KernelError(name, "no candidate could be applied: " + "; ".join(reasons))
+        if reasons:
+            logger.warning("layer %s on %s: keeping the original; %s", name, cls.__qualname__, "; ".join(reasons))
+        for path, module in members:
+            _plan_layer_restore(module, plan, path)
+        return
+    if reasons:
+        logger.warning("layer %s on %s: using %s; skipped %s", name, cls.__qualname__, cand.id, "; ".join(reasons))
+    func = layer.forward
+    plan.commits.append(lambda: _remember_kernel(func, cand.id))
+    for path, module in members:
+        _plan_layer_patch(module, lambda previous, module=module: MethodType(func, module), cand.id, plan, path)
 
 
 def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Candidate], why_not: list[str],
-                         members: list[tuple[str, nn.Module]], device: str, mode: str, use_fallback: bool,
-                         count: bool, plan: _Plan) -> None:
+                         refused: dict[str, str], members: list[tuple[str, nn.Module]], device: str, mode: str,
+                         use_fallback: bool, count: bool, plan: _Plan) -> None:
     """Give every instance of ``cls`` a forward that runs, per call signature, the profile's winner for it."""
     entry = Entry(kind="layer", target=name, status="original", device=device, mode=mode,
                   module_class=class_path(cls), where=[p for p, _ in members], reasons=list(why_not))
@@ -289,7 +331,7 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
             _plan_layer_restore(module, plan, path)
         return
     verdicts, entry.verdicts, skipped = _verdicts(target, cands, device, mode, use_fallback,
-                                                  lambda layer: layer_problem(layer, cls), True, count)
+                                                  lambda layer: layer_problem(layer, cls), True, count, refused)
     entry.reasons += skipped
     if skipped:
         logger.warning("layer %s on %s: the original runs where %s", name, cls.__qualname__, "; ".join(skipped))

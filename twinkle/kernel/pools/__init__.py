@@ -30,7 +30,8 @@ from .targets import TARGETS, Pool
 
 logger = logging.getLogger("twinkle.kernel")
 
-__all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "check_names", "POOL_NAMES"]
+__all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "check_names", "POOL_NAMES",
+           "is_pool_candidate", "structure_problem"]
 
 POOL_NAMES = ("torch", "liger", "compiled", "triton")
 _MODULES = {"torch": "native", "liger": "liger", "compiled": "compiled", "triton": "triton"}
@@ -195,6 +196,23 @@ def pool_members() -> dict[str, list[str]]:
     return out
 
 
+def is_pool_candidate(cand: Any) -> bool:
+    """Whether ``cand`` (a registry candidate) is a layer candidate that ``use_pools`` registered for its target."""
+    if cand.kind != "layer":
+        return False
+    with _MEMBERS_LOCK:
+        return any(("layer", cand.target, cand.id) in members for members in _MEMBERS.values())
+
+
+def structure_problem(target: str, module: Any) -> str | None:
+    """Why the built-in pools' candidates for the layer target ``target`` leave ``module`` alone (it matched by name
+    or class, but has not the target's structure), or None when it fits. User registrations are never checked."""
+    found = TARGETS.get(target)
+    if found is None or found.fits is None:
+        return None
+    return found.fits(module)
+
+
 def describe_pools() -> list[dict[str, Any]]:
     """Every pool as data, for docs: its summary, device, requirements, and per target the candidate id and what it
     applies to. Registers nothing, imports no optional dependency."""
@@ -235,6 +253,8 @@ def pools_markdown() -> str:
         applies = "<br>".join(f"`{path}`" for path in t.paths) or "(none in these families)"
         if t.by_name:
             applies += f"<br>any class named `{t.name}` (ignoring case)"
+        if t.structure:
+            applies += f"<br>modules with {t.structure}"
         cells = []
         for p in pools:
             ids = list(dict.fromkeys(c["id"] for c in p["candidates"] if c["target"] == t.name

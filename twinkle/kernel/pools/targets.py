@@ -7,7 +7,9 @@ target has one name shared by all pools, so that their candidates compete for it
 - Layer targets are ``kernel_name`` -> the classes listed in ``targets=``. A ``kernel_name`` also matches classes
   of that name, ignoring case: ``"RMSNorm"`` serves the plain-torch ``RMSNorm`` of examples/tiny_llama (a
   ``weight`` and an ``eps``) as well as the four transformers classes. The other names are chosen to match no
-  class by name.
+  class by name. A pool's candidate also needs the module's structure to be the target's (``Target.fits``, checked
+  per instance when kernelizing): ``torch.nn.RMSNorm((4, 64))`` is named RMSNorm but normalizes over two
+  dimensions, and is left alone.
 - Function targets are a function name -> the ``module.function`` paths patched. Each path is a target of its own
   (one per modeling module).
 
@@ -22,7 +24,50 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral")  # the transformers model families the table covers
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def rms_norm_problem(module: Any) -> str | None:
+    """Why ``module`` is not an RMSNorm over the last dimension with a 1-D ``weight`` and a numeric epsilon."""
+    shape = getattr(module, "normalized_shape", None)
+    if shape is not None:
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        if len(dims) != 1:
+            return (f"it normalizes over its last {len(dims)} dimensions (normalized_shape={dims}); the pools' "
+                    "RMSNorm kernels normalize over the last one only")
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+        return (f"its weight is {_shape(weight) if weight is not None else 'absent'}, not a 1-D tensor (hidden,); "
+                "the pools' RMSNorm kernels scale the last dimension by it")
+    eps = getattr(module, "variance_epsilon", None)
+    eps = getattr(module, "eps", None) if eps is None else eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return f"it has no numeric epsilon in variance_epsilon or eps (eps={eps!r}), which the pools' kernels read"
+    return None
+
+
+def swiglu_mlp_problem(module: Any) -> str | None:
+    """Why ``module`` is not a gated MLP with its own ``gate_proj``, ``up_proj`` and ``down_proj``."""
+    missing = [n for n in ("gate_proj", "up_proj", "down_proj") if not callable(getattr(module, n, None))]
+    if missing:
+        return f"it has no {', '.join(missing)}, which the pools' SwiGLUMLP kernels call"
+    return None
+
+
+def causal_lm_problem(module: Any) -> str | None:
+    """Why ``module`` is not a causal LM with a body ``model``, a ``config`` and an ``lm_head`` with a 2-D weight."""
+    if not callable(getattr(module, "model", None)) or getattr(module, "config", None) is None:
+        return "it has no model (the body) or no config, which the pools' CausalLM kernel runs and reads"
+    weight = getattr(getattr(module, "lm_head", None), "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return f"its lm_head has no 2-D weight ({_shape(weight)}), which the pools' CausalLM kernel multiplies by"
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,6 +79,8 @@ class Target:
     paths: tuple[str, ...]  # layers: dotted class paths; functions: dotted ``module.function`` paths
     what: str  # one line for the docs: what the target computes, what a kernel for it must accept
     by_name: bool = False  # layers: whether the name also matches plain classes of that name (ignoring case)
+    fits: Callable[[Any], str | None] | None = None  # layers: why a module lacks the target's structure, or None
+    structure: str = ""  # layers: that structure, in one line for the docs
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -43,20 +90,24 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
         "transformers.models.qwen3.modeling_qwen3.Qwen3RMSNorm",
         "transformers.models.mistral.modeling_mistral.MistralRMSNorm",
     ), "RMSNorm over the last dimension, in float32, times `weight`; epsilon in `variance_epsilon` or `eps`",
-        by_name=True),
+        by_name=True, fits=rms_norm_problem,
+        structure="a 1-D `weight`, a number in `variance_epsilon` or `eps`, a `normalized_shape` (if any) of one "
+                  "dimension"),
     Target("SwiGLUMLP", "layer", (
         "transformers.models.llama.modeling_llama.LlamaMLP",
         "transformers.models.qwen2.modeling_qwen2.Qwen2MLP",
         "transformers.models.qwen3.modeling_qwen3.Qwen3MLP",
         "transformers.models.mistral.modeling_mistral.MistralMLP",
-    ), "`down_proj(act_fn(gate_proj(x)) * up_proj(x))`; the kernels run the original when `act_fn` is not SiLU"),
+    ), "`down_proj(act_fn(gate_proj(x)) * up_proj(x))`; the kernels run the original when `act_fn` is not SiLU",
+        fits=swiglu_mlp_problem, structure="`gate_proj`, `up_proj` and `down_proj`"),
     Target("CausalLM", "layer", (
         "transformers.models.llama.modeling_llama.LlamaForCausalLM",
         "transformers.models.qwen2.modeling_qwen2.Qwen2ForCausalLM",
         "transformers.models.qwen3.modeling_qwen3.Qwen3ForCausalLM",
         "transformers.models.mistral.modeling_mistral.MistralForCausalLM",
     ), "the whole model's forward with `labels`: the language-model head and the loss (fused linear "
-       "cross-entropy); without `labels` the original runs"),
+       "cross-entropy); without `labels` the original runs",
+        fits=causal_lm_problem, structure="a `model`, a `config` and an `lm_head` with a 2-D `weight`"),
     Target("apply_rotary_pos_emb", "function", (
         "transformers.models.llama.modeling_llama.apply_rotary_pos_emb",
         "transformers.models.qwen2.modeling_qwen2.apply_rotary_pos_emb",
