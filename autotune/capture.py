@@ -97,6 +97,8 @@ def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Can
             name = class_match[cls]
             if name is None:
                 continue
+            if "forward" in vars(module):  # a wrapper or a hook of its own (twinkle's were undone before capture):
+                continue  # its calls do not run the class's forward, which is what candidates stand in for
 
             def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name,
                      path: str = path) -> None:

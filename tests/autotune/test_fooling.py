@@ -274,3 +274,37 @@ def test_kernels_right_per_call_but_off_together_are_dropped_by_the_whole_model_
     assert summary["chosen"] == "baseline"
     assert "away from the float64 run of the original" in summary["per_target_dropped"]
     assert decision.winner is None
+
+
+def test_a_module_with_a_forward_of_its_own_is_not_measured(pkg, settings):
+    """A LoRA-style wrapper on one instance: its calls do not run the class's forward, so they are not measured
+    (and a profile leaves the instance alone: tests/reliability/test_apply_and_undo.py)."""
+    from types import MethodType
+
+    from twinkle.kernel import register_layer_kernel
+
+    class Scale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.full((8,), 2.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import time
+
+            time.sleep(0.003)
+            return x * self.weight
+
+    class FastScale(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight
+
+    def lora(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return type(self).forward(self, x) + 0.5 * x
+
+    register_layer_kernel("Scale", layer_impl=FastScale, device="cpu")
+    model = torch.nn.Sequential(Scale(), Scale())
+    model[0].forward = MethodType(lora, model[0])
+    profile = autotune(model, (rows(),), settings)
+    (target,) = profile.targets
+    (decision,) = target.decisions
+    assert decision.modules == ("1",)  # the wrapped instance "0" was not measured

@@ -320,6 +320,15 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
     entry = Entry(kind="layer", target=name, status="original", device=device, mode=mode,
                   module_class=class_path(cls), where=[p for p, _ in members], reasons=list(why_not))
     plan.entries.append(entry)
+    wrapped = [(p, m) for p, m in members if _has_own_forward(m)]
+    if wrapped:  # a LoRA-style wrapper, an accelerate hook: the verdicts were measured on the class's forward
+        members = [(p, m) for p, m in members if not _has_own_forward(m)]
+        paths = ", ".join(_label(p, m) for p, m in wrapped[:3]) + (" ..." if len(wrapped) > 3 else "")
+        entry.reasons.append(f"{len(wrapped)} instance(s) with a forward of their own (a wrapper or a hook) left "
+                             f"alone: the profile's verdicts were measured on {cls.__qualname__}'s forward ({paths})")
+        logger.warning("layer %s on %s: %s", name, cls.__qualname__, entry.reasons[-1])
+        for path, module in wrapped:
+            _plan_layer_restore(module, plan, path)
     target = profile.target("layer", name, cls)
     if target is None:
         measured = [t.module_class.path for t in profile.targets
@@ -425,6 +434,15 @@ def _plan_layer_patch(module: nn.Module, make: Callable[[Any], Any], cand_id: st
     current = previous.get(module)
     plan.sets.append((module, "forward", make(None if current is _MISSING else current)))
     plan.commits.append(lambda: _LAYER_PATCHES.__setitem__(module, _LayerPatch(cand_id, previous)))
+
+
+def _has_own_forward(module: nn.Module) -> bool:
+    """Whether ``module`` runs a forward of its own rather than its class's: one it had before twinkle patched it,
+    or one someone set on it (a wrapper or a hook), not twinkle's."""
+    record, stale = _layer_patch(module)
+    if record is not None and not stale:
+        return record.previous.get(module) is not _MISSING
+    return "forward" in vars(module)
 
 
 def _plan_layer_restore(module: nn.Module, plan: _Plan, path: str | None) -> None:
