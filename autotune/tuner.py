@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from twinkle.kernel import unkernelize
+from twinkle.kernel.kernelize import patches_kept
 from twinkle.kernel.device import parse_device
 from twinkle.kernel.layer import layer_problem
 from twinkle.kernel.mode import is_train, parse_mode
@@ -169,15 +170,16 @@ def autotune(model: nn.Module, inputs: Inputs | None = None, settings: TuneSetti
 @contextlib.contextmanager
 def _no_trace(model: nn.Module) -> Iterator[None]:
     """Put back what tuning changes on the caller's side: the model's device, train/eval flag, buffers (train-mode
-    forwards move BatchNorm's running statistics) and gradients, and the process-wide state (RNG, grad mode, threads,
-    default dtype and the other switches of ``ProcessState``)."""
+    forwards move BatchNorm's running statistics) and gradients, every twinkle patch (functions, and the model's
+    layers), and the process-wide state (RNG, grad mode, threads, default dtype, the switches of ``ProcessState``)."""
     caller = ProcessState.now()
     training = model.training
     devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
     grads = {p: p.grad for p in model.parameters()}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     try:
-        yield
+        with patches_kept(model):  # function kernels applied for other models, and this model's own patches
+            yield
     finally:
         with torch.no_grad():
             for name, b in model.named_buffers():

@@ -308,3 +308,16 @@ def test_a_module_with_a_forward_of_its_own_is_not_measured(pkg, settings):
     (target,) = profile.targets
     (decision,) = target.decisions
     assert decision.modules == ("1",)  # the wrapped instance "0" was not measured
+
+
+def test_tuning_keeps_the_kernels_applied_before_for_other_models_and_this_one(pkg, settings):
+    from twinkle.kernel import kernel_report, kernelize_model
+
+    register_function_kernel("copy", "fool_pkg.ops", func_impl=pkg.cands.copy_alias, device="cpu", mode="train")
+    kernelize_model(None, device="cpu", mode="train")  # another model's function kernel, applied before tuning
+    patched = pkg.ops.copy
+    assert patched is pkg.cands.copy_alias
+    register_function_kernel("double", "fool_pkg.ops", func_impl=pkg.cands.double_right, device="cpu")
+    autotune(Net(pkg.ops), (rows(),), settings)
+    assert pkg.ops.copy is patched  # still applied, and still twinkle's to undo
+    assert [e.target for e in kernel_report().applied()] == ["fool_pkg.ops.copy"]

@@ -6,12 +6,13 @@ layer) -> a plan of attribute changes -> applied in one transaction -> recorded 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import MethodType, ModuleType
 from typing import Any
@@ -722,6 +723,40 @@ def unkernelize(model: nn.Module | None = None) -> nn.Module | None:
             _LAYER_ENTRIES.clear()
         _FUNCTION_ENTRIES.clear()
     return model
+
+
+@contextlib.contextmanager
+def patches_kept(model: nn.Module) -> Iterator[None]:
+    """Inside the block twinkle's patches may be undone and redone freely (the tuner needs the originals while it
+    measures); afterwards every function patch, and every patch on ``model``'s modules, is as it was before,
+    with the records that undo them and what ``kernel_report`` says."""
+    with _LOCK:
+        functions = dict(_FUNCTION_PATCHES)
+        function_entries = dict(_FUNCTION_ENTRIES)
+        values = [(mod, rec.func, vars(mod).get(rec.func, _MISSING)) for rec in functions.values()
+                  for name in [rec.module, *rec.aliases] if (mod := sys.modules.get(name)) is not None]
+        modules = list(model.modules())
+        layers = {m: _LAYER_PATCHES[m] for m in modules if m in _LAYER_PATCHES}
+        forwards = [(m, vars(m).get("forward", _MISSING)) for m in modules]
+        layer_entries = _LAYER_ENTRIES.get(model)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            for mod, func, value in values:
+                _set(mod, func, value)
+            _FUNCTION_PATCHES.clear()
+            _FUNCTION_PATCHES.update(functions)
+            _FUNCTION_ENTRIES.clear()
+            _FUNCTION_ENTRIES.update(function_entries)
+            for m, forward in forwards:
+                _set(m, "forward", forward)
+                _LAYER_PATCHES.pop(m, None)
+            _LAYER_PATCHES.update(layers)
+            if layer_entries is not None:
+                _LAYER_ENTRIES[model] = layer_entries
+            else:
+                _LAYER_ENTRIES.pop(model, None)
 
 
 def kernel_report(model: nn.Module | None = None) -> KernelReport:
