@@ -238,12 +238,13 @@ def _checked(ranked: list[str], combos: dict[str, dict[str, str | None]], model:
         except FAULTS as exc:
             detail = f"{type(exc).__name__}: {exc}"
         else:
-            if c.max_abs_err != float("inf") and beyond is None:
+            nonfinite = c.max_abs_err == float("inf")  # NaN/Inf where the original's result has none
+            if not nonfinite and beyond is None:
                 summary["check"] = {"combination": name, "max_abs_err": c.max_abs_err,
                                     "within_call_tolerance": c.matches, "detail": c.detail,
                                     "float64_reference": truth is not None}
                 return name
-            detail = beyond or c.detail or "a result unlike the original's"
+            detail = (c.detail if nonfinite else beyond) or "a result unlike the original's"
         logger.warning("end-to-end: the %s combination is dropped: it gave %s", name, detail)
         summary[name.replace("-", "_") + "_dropped"] = detail
     return "baseline"
