@@ -1,10 +1,12 @@
 """Checks a candidate must pass beyond matching once: fresh inputs, repeated calls, no aliasing the original does
 not do, and no change to process-wide state.
 
-- ``fresh_inputs``: new random data of the same signature (shapes, dtypes, strides, ``requires_grad``) and value
-  range (normal around each captured float tensor's mean and spread, clipped to its min..max); integer and boolean
-  tensors, and float tensors holding NaN or infinities (masks), are kept as captured. A kernel that caches its
-  result per shape, right only for the data it first saw, fails here.
+- ``fresh_inputs``: new data of the same signature (shapes, dtypes, strides, ``requires_grad``): each captured
+  float tensor's rows (its vectors along the last dimension) in a random order, each scaled by a random factor in
+  [0.75, 1.25]. What a kernel may rely on within a vector stays true (a rotary embedding's cos/sin halves are
+  equal; Liger's kernel reads one half), and the data is new. Integer and boolean tensors, and float tensors holding
+  NaN or infinities (masks), are kept as captured. A kernel that caches its result per shape, right only for the
+  data it first saw, fails here.
 - ``aliasing``: which outputs share storage with an input. A candidate returning (a view of) its input where the
   original returns a new tensor is refused unless it declares ``overwrites_inputs``: a caller writing into the result
   would change its own input.
@@ -29,11 +31,10 @@ def fresh_inputs(value: Any, gen: torch.Generator) -> Any:
         if not value.is_floating_point() or value.numel() == 0 or not bool(torch.isfinite(value).all()):
             return value.detach().clone().requires_grad_(value.requires_grad) if value.is_floating_point() \
                 else value.clone()
-        data = value.detach().float()
-        lo, hi = float(data.min()), float(data.max())
-        mean, std = float(data.mean()), float(data.std()) if data.numel() > 1 else 0.0
-        noise = torch.randn(value.shape, generator=gen, dtype=torch.float32).to(value.device)
-        fresh = (noise * std + mean).clamp_(lo, hi).to(value.dtype)
+        rows = value.detach().float().reshape(-1, value.shape[-1] if value.dim() else 1)
+        order = torch.randperm(rows.shape[0], generator=gen).to(value.device)
+        scale = (0.75 + 0.5 * torch.rand(rows.shape[0], 1, generator=gen)).to(value.device)
+        fresh = (rows[order] * scale).reshape(value.shape).to(value.dtype)
         out = torch.empty_strided(value.size(), value.stride(), dtype=value.dtype, device=value.device)
         with torch.no_grad():
             out.copy_(fresh)

@@ -76,7 +76,7 @@ def _resized(value: Any, key_value: Any, path: tuple[int, ...], size: int, targe
             return value.detach().clone().requires_grad_(value.requires_grad) if value.is_floating_point() \
                 else value.clone()
         shape = [size if d in dims else n for d, n in enumerate(value.shape)]
-        lo, hi = (float(value.min()), float(value.max())) if value.numel() else (0.0, 1.0)
+        lo, hi = (float(value.detach().min()), float(value.detach().max())) if value.numel() else (0.0, 1.0)
         fresh = torch.rand(shape, generator=gen, dtype=torch.float32).to(value.device) * (hi - lo) + lo
         return fresh.to(value.dtype).requires_grad_(value.requires_grad)
     if isinstance(value, (tuple, list)):

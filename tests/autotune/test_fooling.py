@@ -28,6 +28,10 @@ FILES = {
         def copy(x):  # the original returns a new tensor
             time.sleep(0.003)
             return x.clone()
+
+        def rotate(x, cos):  # a rotary-like op: cos has its two halves equal, as transformers builds it
+            time.sleep(0.003)
+            return x * cos
     ''',
     "cands.py": '''
         import time
@@ -80,6 +84,12 @@ FILES = {
             if ops.IN_MODEL[0]:
                 time.sleep(0.0045)
             return x * 2
+
+        def rotate_reads_half(x, cos):
+            """Reads only the first half of cos, as Liger's rotary kernel does: right for every cos whose halves
+            are equal, which is every cos its callers pass."""
+            half = cos[..., : cos.shape[-1] // 2]
+            return x * torch.cat([half, half], dim=-1)
 
         def double_biased(x):
             """Within float32's per-call tolerance (atol 1e-5) of the original, always off the same way."""
@@ -321,3 +331,16 @@ def test_tuning_keeps_the_kernels_applied_before_for_other_models_and_this_one(p
     autotune(Net(pkg.ops), (rows(),), settings)
     assert pkg.ops.copy is patched  # still applied, and still twinkle's to undo
     assert [e.target for e in kernel_report().applied()] == ["fool_pkg.ops.copy"]
+
+
+def test_a_kernel_relying_on_structure_within_each_vector_still_matches_on_fresh_inputs(pkg, settings):
+    class Rotary(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            half = torch.linspace(-1, 1, 4).expand(x.shape[0], 4)
+            return sys.modules["fool_pkg.ops"].rotate(x, torch.cat([half, half], dim=-1))
+
+    register_function_kernel("rotate", "fool_pkg.ops", func_impl=pkg.cands.rotate_reads_half, device="cpu")
+    profile = autotune(Rotary(), (rows(),), settings)
+    (decision,) = profile.targets[0].decisions
+    assert decision.candidates[0].matches, decision.candidates[0].mismatch
+    assert decision.winner is not None
