@@ -39,18 +39,27 @@ class Site:
     sets: dict[str, int] = field(default_factory=dict)  # input set -> calls per step with this signature
 
 
+def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (through tuples, lists and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(map_tensors(fn, v) for v in value)
+    if isinstance(value, list):
+        return [map_tensors(fn, v) for v in value]
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    return value
+
+
+def _clone(t: torch.Tensor) -> torch.Tensor:
+    out = t.detach().clone()
+    return out.requires_grad_(t.requires_grad) if out.is_floating_point() else out
+
+
 def clone_inputs(value: Any) -> Any:
     """A detached copy of (nested) inputs that keeps requires_grad, so nothing run later can change them."""
-    if isinstance(value, torch.Tensor):
-        out = value.detach().clone()
-        return out.requires_grad_(value.requires_grad) if out.is_floating_point() else out
-    if isinstance(value, tuple):
-        return tuple(clone_inputs(v) for v in value)
-    if isinstance(value, list):
-        return [clone_inputs(v) for v in value]
-    if isinstance(value, dict):
-        return {k: clone_inputs(v) for k, v in value.items()}
-    return value
+    return map_tensors(_clone, value)
 
 
 class _Recorder:

@@ -22,30 +22,27 @@ from typing import Any
 
 import torch
 
+from .capture import clone_inputs, map_tensors
+
 REPEATS = 10  # calls checked after timing, each on fresh inputs
 
 
 def fresh_inputs(value: Any, gen: torch.Generator) -> Any:
-    """A copy of (nested) inputs with fresh float data of the same signature and value range (see module doc)."""
-    if isinstance(value, torch.Tensor):
-        if not value.is_floating_point() or value.numel() == 0 or not bool(torch.isfinite(value).all()):
-            return value.detach().clone().requires_grad_(value.requires_grad) if value.is_floating_point() \
-                else value.clone()
-        rows = value.detach().float().reshape(-1, value.shape[-1] if value.dim() else 1)
-        order = torch.randperm(rows.shape[0], generator=gen).to(value.device)
-        scale = (0.75 + 0.5 * torch.rand(rows.shape[0], 1, generator=gen)).to(value.device)
-        fresh = (rows[order] * scale).reshape(value.shape).to(value.dtype)
-        out = torch.empty_strided(value.size(), value.stride(), dtype=value.dtype, device=value.device)
-        with torch.no_grad():
-            out.copy_(fresh)
-        return out.requires_grad_(value.requires_grad)
-    if isinstance(value, tuple):
-        return tuple(fresh_inputs(v, gen) for v in value)
-    if isinstance(value, list):
-        return [fresh_inputs(v, gen) for v in value]
-    if isinstance(value, dict):
-        return {k: fresh_inputs(v, gen) for k, v in value.items()}
-    return value
+    """A copy of (nested) inputs with fresh float data of the same signature (see the module doc)."""
+    return map_tensors(lambda t: _fresh(t, gen), value)
+
+
+def _fresh(value: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if not value.is_floating_point() or value.numel() == 0 or not bool(torch.isfinite(value).all()):
+        return clone_inputs(value)
+    rows = value.detach().float().reshape(-1, value.shape[-1] if value.dim() else 1)
+    order = torch.randperm(rows.shape[0], generator=gen).to(value.device)
+    scale = (0.75 + 0.5 * torch.rand(rows.shape[0], 1, generator=gen)).to(value.device)
+    fresh = (rows[order] * scale).reshape(value.shape).to(value.dtype)
+    out = torch.empty_strided(value.size(), value.stride(), dtype=value.dtype, device=value.device)
+    with torch.no_grad():
+        out.copy_(fresh)
+    return out.requires_grad_(value.requires_grad)
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

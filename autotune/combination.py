@@ -23,7 +23,7 @@ from twinkle.kernel import kernelize_model, unkernelize
 from twinkle.kernel.profile import ClassRef, Decision, Environment, Profile, Target
 
 from . import search
-from .capture import clone_inputs
+from .capture import clone_inputs, map_tensors
 from .choose import Weighted, speedup_ci
 from .errors import TuneError
 from .match import compare, tolerances
@@ -257,19 +257,13 @@ def _float64_result(model: nn.Module, whole: Step, inputs: tuple[Any, dict[str, 
     """The original model's result in float64 (a copy of it, on the same device), or None where that cannot run."""
     import copy
 
-    def to64(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.detach().double().requires_grad_(value.requires_grad)
-        if isinstance(value, (tuple, list)):
-            return type(value)(to64(v) for v in value)
-        if isinstance(value, dict):
-            return {k: to64(v) for k, v in value.items()}
-        return value
+    def to64(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t.clone()
 
     ref = None
     try:
         ref = copy.deepcopy(model).double()
-        args, kwargs = to64(clone_inputs(inputs))
+        args, kwargs = map_tensors(to64, inputs)
         step = Step(ref, args, kwargs, whole.mode, list(ref.parameters()), s.seed)
         with time_limit(s.time_limit_s):
             return step.result(grads=True)

@@ -29,7 +29,7 @@ from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, S
 from twinkle.kernel.registry import REGISTRY, Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
-from .capture import Site, capture, clone_inputs
+from .capture import Site, capture, clone_inputs, map_tensors
 from .check import REPEATS, ProcessState, alias_problem, aliasing, fresh_inputs
 from .choose import CONFIDENCE, MIN_GAIN, Scored, Weighted, pick, speedup_ci
 from .combination import Draft, end_to_end
@@ -83,15 +83,7 @@ def check_device(label: str) -> None:
 
 
 def to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(to_device(v, device) for v in value)
-    if isinstance(value, list):
-        return [to_device(v, device) for v in value]
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value
+    return map_tensors(lambda t: t.to(device), value)
 
 
 @dataclass
