@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from twinkle.kernel.dispatch import size_positions
+from twinkle.kernel.dispatch import at_path, size_positions
 from twinkle.kernel.profile import SizeRange
 
 from .capture import Site, clone_inputs
@@ -50,20 +50,14 @@ def sweep_positions(key: Key) -> tuple[int, tuple[tuple[int, ...], ...]] | None:
         return None
     positions = tuple(p for p in size_positions(key, n) if not _is_last_dim(key, p))
     for path in positions:
-        tensor = _at(key, path[:-2])
+        tensor = at_path(key, path[:-2])
         if not tensor[2].is_floating_point or tensor[5] is not None:  # non-float or non-contiguous: no fresh data
             return None
     return (n, positions) if positions else None
 
 
-def _at(key: Any, path: tuple[int, ...]) -> Any:
-    for i in path:
-        key = key[i]
-    return key
-
-
 def _is_last_dim(key: Key, path: tuple[int, ...]) -> bool:
-    tensor = _at(key, path[:-2])
+    tensor = at_path(key, path[:-2])
     return path[-1] == len(tensor[1]) - 1
 
 

@@ -84,7 +84,8 @@ class FunctionDispatch:
 # ------------------------------------------------------------------------------------------------ ranges
 
 
-def _at(key: Any, path: tuple[int, ...]) -> Any:
+def at_path(key: Any, path: tuple[int, ...]) -> Any:
+    """The part of ``key`` at the index path ``path`` (as ``size_positions`` gives them)."""
     for i in path:
         key = key[i]
     return key
@@ -100,11 +101,11 @@ def _replaced(key: Any, path: tuple[int, ...], value: Any) -> Any:
 def covers(rng: SizeRange, base: Key, key: Key) -> bool:
     """Whether ``key`` is ``base`` with every dimension at ``rng.positions`` set to one size in the range."""
     try:
-        size = _at(key, rng.positions[0])
+        size = at_path(key, rng.positions[0])
         if not isinstance(size, int) or not rng.low <= size <= rng.high:
             return False
         for path in rng.positions:
-            if _at(key, path) != size:
+            if at_path(key, path) != size:
                 return False
             key = _replaced(key, path, rng.size)
     except (IndexError, TypeError):
