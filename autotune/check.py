@@ -23,13 +23,14 @@ from typing import Any
 import torch
 
 from .capture import clone_inputs, map_tensors
+from .step import tensors
 
 REPEATS = 10  # calls checked after timing, each on fresh inputs
 
 
 def fresh_inputs(value: Any, gen: torch.Generator) -> Any:
     """A copy of (nested) inputs with fresh float data of the same signature (see the module doc)."""
-    return map_tensors(lambda t: _fresh(t, gen), value)
+    return maptensors(lambda t: _fresh(t, gen), value)
 
 
 def _fresh(value: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -45,16 +46,10 @@ def _fresh(value: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.requires_grad_(value.requires_grad)
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    from .step import tensors
-
-    return tensors(value)
-
-
 def aliasing(output: Any, inputs: Any) -> list[bool]:
     """For each output tensor (in order), whether it shares storage with one of ``inputs``' tensors."""
-    ptrs = {t.untyped_storage().data_ptr() for t in _tensors(inputs) if t.numel()}
-    return [t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs for t in _tensors(output)]
+    ptrs = {t.untyped_storage().data_ptr() for t in tensors(inputs) if t.numel()}
+    return [t.numel() > 0 and t.untyped_storage().data_ptr() in ptrs for t in tensors(output)]
 
 
 def alias_problem(original: list[bool], candidate: list[bool]) -> str | None:
