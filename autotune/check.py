@@ -30,7 +30,7 @@ REPEATS = 10  # calls checked after timing, each on fresh inputs
 
 def fresh_inputs(value: Any, gen: torch.Generator) -> Any:
     """A copy of (nested) inputs with fresh float data of the same signature (see the module doc)."""
-    return maptensors(lambda t: _fresh(t, gen), value)
+    return map_tensors(lambda t: _fresh(t, gen), value)
 
 
 def _fresh(value: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
