@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 
 from twinkle.kernel import signature
-from twinkle.kernel.layer import serves
-from twinkle.kernel.registry import Candidate
+from twinkle.kernel.plan import Candidate, FunctionTarget, LayerTarget, aliases, original_of
 
 
 @dataclass
@@ -37,6 +36,7 @@ class Site:
     module_class: str | None = None
     per_path: dict[str, int] = field(default_factory=dict)  # layers: calls per instance with this signature
     sets: dict[str, int] = field(default_factory=dict)  # input set -> calls per step with this signature
+    candidates: tuple[Candidate, ...] = ()  # eligible for it (the plan's), best first
 
 
 def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
@@ -66,66 +66,59 @@ class _Recorder:
     """Sites keyed by (target, layer class, input signature): identical inputs on several instances of a class are
     kept (and their tensors copied) once, on the first instance, with the calls counted per instance."""
 
-    def __init__(self, sites: dict[tuple[str, str | None, Any], Site] | None = None, input_set: str = "default"
-                 ) -> None:
+    def __init__(self, sites: dict[tuple[Any, ...], Site] | None = None, input_set: str = "default") -> None:
         self.sites = {} if sites is None else sites
         self.input_set = input_set
 
-    def record(self, kind: str, target: str, path: str | None, module: nn.Module | None,
+    def record(self, target: LayerTarget | FunctionTarget, path: str | None, module: nn.Module | None,
                args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         k = signature.call_key(args, kwargs, module.training if module is not None else None)
         module_class = f"{type(module).__module__}.{type(module).__qualname__}" if module is not None else None
-        site = self.sites.get((target, module_class, k))
+        where = (target.name, module_class, k, tuple(c.id for c in target.candidates))
+        site = self.sites.get(where)
         if site is None:
-            site = Site(kind=kind, target=target, key=k, signature=signature.text(k),
+            site = Site(kind=target.kind, target=target.name, key=k, signature=signature.text(k),
                         inputs={"args": signature.describe(args), "kwargs": signature.describe(kwargs)},
                         args=clone_inputs(args), kwargs=clone_inputs(kwargs), path=path, module=module,
-                        module_class=module_class)
-            self.sites[(target, module_class, k)] = site
+                        module_class=module_class, candidates=target.candidates)
+            self.sites[where] = site
         site.calls += 1
         site.sets[self.input_set] = site.sets.get(self.input_set, 0) + 1
         if path is not None:
             site.per_path[path] = site.per_path.get(path, 0) + 1
 
 
-def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Candidate]],
-            functions: dict[str, list[Candidate]], input_set: str = "default",
-            sites: dict[tuple[str, str | None, Any], Site] | None = None) -> list[Site]:
-    """Run ``run()`` once, recording every call of the given layer and function targets (added to ``sites``, the
-    sites of earlier input sets: a signature seen in several sets is one site)."""
+def capture(model: nn.Module, run: Callable[[], Any], targets: tuple[LayerTarget | FunctionTarget, ...],
+            input_set: str = "default", sites: dict[tuple[Any, ...], Site] | None = None) -> list[Site]:
+    """Run ``run()`` once, recording every call of the plan's ``targets`` (added to ``sites``, the sites of earlier
+    input sets: a signature seen in several sets is one site)."""
     rec = _Recorder(sites, input_set)
     handles = []
     restore: list[tuple[Any, str, Any]] = []
     try:
-        class_match: dict[type, str | None] = {}
-        for path, module in model.named_modules():
-            cls = type(module)
-            if cls not in class_match:
-                class_match[cls] = next((name for name, cands in layers.items()
-                                         if any(serves(c, cls) for c in cands)), None)
-            name = class_match[cls]
-            if name is None:
+        for target in targets:
+            if isinstance(target, LayerTarget):
+                for path, module in target.modules:
+                    if "forward" in vars(module):  # a wrapper or a hook of its own (twinkle's were undone before
+                        continue  # capture): its calls do not run the class's forward, which candidates stand in for
+
+                    def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                             target: LayerTarget = target, path: str = path) -> None:
+                        rec.record(target, path, mod, args, kwargs)
+
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 continue
-            if "forward" in vars(module):  # a wrapper or a hook of its own (twinkle's were undone before capture):
-                continue  # its calls do not run the class's forward, which is what candidates stand in for
-
-            def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name,
-                     path: str = path) -> None:
-                rec.record("layer", name, path, mod, args, kwargs)
-
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        for target, cands in functions.items():
-            module_name, func = cands[0].module, cands[0].func
-            module = sys.modules.get(module_name) if module_name else None
-            original = getattr(module, func, None) if module is not None else None
-            if original is None:
+            module = sys.modules.get(target.module)
+            if module is None:  # never imported: the model cannot call it
+                continue
+            try:
+                original = original_of(target.name)
+            except (ImportError, AttributeError):
                 continue
             wrapper = _wrap(rec, target, original)
-            for mod in [m for m in list(sys.modules.values()) if m is not None]:
-                namespace = getattr(mod, "__dict__", None)
-                if isinstance(namespace, dict) and namespace.get(func) is original:
-                    restore.append((mod, func, original))
-                    setattr(mod, func, wrapper)
+            for mod in [module, *(sys.modules[name] for name in aliases(module, target.func, original))]:
+                restore.append((mod, target.func, original))
+                setattr(mod, target.func, wrapper)
         run()
     finally:
         for h in handles:
@@ -135,10 +128,10 @@ def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Can
     return list(rec.sites.values())
 
 
-def _wrap(rec: _Recorder, target: str, original: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap(rec: _Recorder, target: FunctionTarget, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def recording(*args: Any, **kwargs: Any) -> Any:
-        rec.record("function", target, None, None, args, kwargs)
+        rec.record(target, None, None, args, kwargs)
         return original(*args, **kwargs)
 
     return recording

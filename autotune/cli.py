@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from twinkle.kernel.device import DEVICES
-from twinkle.kernel.mode import MODES
+from twinkle.kernel.plan import DEVICES, MODES, default_device, parse_device, registered
 from twinkle.kernel.profile import Profile, save_profile
+from twinkle.kernel.signature import describe
 
 from .errors import TuneError
-from .tuner import OBJECTIVES, Progress, TuneSettings, autotune
+from .settings import OBJECTIVES, Progress, TuneSettings
+from .tuner import autotune
 
 REPORT_FILES = ("report.md", "targets.csv", "latency.png")  # what save_reports writes
 
@@ -153,15 +154,8 @@ def study_name(model_py: Path, device: str | None, mode: str, objective: str, in
     """The optuna study's name: ``<stem>-<device>-<mode>-<hash>``, the hash over what the search searches (the
     MODEL_PY file's content, the candidates registered, the inputs' shapes and dtypes, device, mode, objective), so
     that ``--storage`` resumes a study only for the same search."""
-    import torch
-
-    from twinkle.kernel.device import parse_device
-    from twinkle.kernel.state import STATE
-    from twinkle.kernel.signature import describe
-
-    label = parse_device(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")  # as autotune
-    candidates = sorted([kind, target, c.id, c.device or "", c.mode or ""] for kind in ("layer", "function")
-                        for target, cands in STATE.registry.targets(kind).items() for c in cands)  # type: ignore[arg-type]
+    label = parse_device(device) if device else default_device()  # as autotune
+    candidates = sorted([c.kind, c.target, c.id, c.device or "", c.mode or ""] for c in registered())
     key = {"candidates": candidates, "inputs": describe(inputs), "device": label, "mode": mode,
            "objective": objective}
     digest = hashlib.sha256(model_py.read_bytes())

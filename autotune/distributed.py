@@ -20,7 +20,8 @@ import torch.nn as nn
 from twinkle.kernel.profile import Profile, load_profile, parse, save_profile
 
 from .errors import TuneError
-from .tuner import TuneSettings, autotune
+from .settings import TuneSettings
+from .tuner import autotune
 
 logger = logging.getLogger("twinkle.autotune")
 

@@ -7,17 +7,27 @@ sample, so the statistics (median, IQR, bootstrap intervals) are computed from t
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import signal
+import logging
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+
+from twinkle.kernel.plan import is_train, kernel_problem, original_of
+
+from .capture import Site, clone_inputs
+from .check import (Comparison, ProcessState, alias_problem, call_aliasing, compare, layer_changes, layer_state,
+                    repeated, restore_layer, state_changes)
+from .errors import FAULTS, time_limit
+from .roofline import call_bytes
+from .settings import TimerSettings, TuneSettings
+from .step import Step, zero_grads
+
+logger = logging.getLogger("twinkle.autotune")
 
 
 @dataclass(frozen=True)
@@ -37,17 +47,6 @@ class Timing:
             return max(self.samples) - min(self.samples)
         q = statistics.quantiles(self.samples, n=4)
         return q[2] - q[0]
-
-
-@dataclass
-class TimerSettings:
-    warmup: int = 3
-    batch: int = 10  # samples per round; rounds go on until the median settles
-    min_samples: int = 20
-    max_samples: int = 200
-    rel_tol: float = 0.02  # the median of all samples moved less than this in the last round: stable
-    max_seconds: float = 2.0  # per timing, after warm-up
-    min_sample_ms: float = 0.2  # CPU: calls per sample are raised until one sample lasts this long
 
 
 @dataclass
@@ -186,72 +185,141 @@ class Timer:
         return torch.cuda.max_memory_allocated() / (1 << 20)
 
 
-class TimeLimitExceeded(BaseException):
-    """A candidate ran past its time limit. A BaseException, so that a kernel's own broad ``except Exception`` (a
-    retry loop) cannot swallow it; the tuner catches it by name (``FAULTS``)."""
-
-    def __init__(self, message: str = "ran past the per-candidate time limit") -> None:
-        super().__init__(message)
+# ------------------------------------------------------------------------------------------------ one call signature
 
 
-FAULTS = (Exception, TimeLimitExceeded)  # what the tuner catches around a candidate's code
+@dataclass
+class Measured:
+    timing: Timing | None = None
+    comparison: Comparison | None = None
+    error: str | None = None
+    bytes: int | None = None  # the original's: what one call reads and writes at least (forward-only modes)
+    overwrites_inputs: bool = False  # the kernel declares it writes into its inputs (allowed, and reported)
+    seconds: float = 0.0  # wall time spent on it: a candidate's load and check (compiles included); a site's all
+    code: str | None = None  # the identity of the candidate's code, once loaded (twinkle.kernel.identity)
+    commit: str | None = None  # Hub candidates: the commit loaded
+
+ORIGINAL = "(original)"
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise TimeLimitExceeded in this thread after ``seconds`` (a no-op when None).
-
-    In the main thread a SIGALRM timer interrupts Python code between bytecodes (and a sleep); in any other thread
-    a watchdog raises it asynchronously in the tuning thread, between bytecodes. Either way a kernel stuck inside
-    one native call is stopped when that call returns, and one that catches BaseException itself is beyond reach.
-    """
-    if not seconds:
-        yield
-        return
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        with _watchdog(seconds):
-            yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise TimeLimitExceeded(f"ran past the per-candidate time limit of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    outer, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)  # a timer the caller had set, if any
-    start = time.monotonic()
+def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str, dict[str, float]],
+                 s: TuneSettings, tick: Callable[[], None]) -> tuple[Measured, dict[str, Measured]]:
+    """Check every candidate against the original on one captured input, then time them all interleaved, then check
+    the matching ones again over repeated calls on fresh inputs (check.py)."""
+    site_start = time.perf_counter()
+    original = original_call(site)
+    params = list(site.module.parameters()) if site.module is not None else []
+    base = Measured()
+    before = layer_state(site.module)  # put back after every run: tuning leaves the layer's weights as it found them
+    start = ProcessState.now()  # and the process-wide state: every candidate starts from it, and it is put back
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer > 0:  # re-arm the caller's timer, less the time spent here (one already due fires at once)
-            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-6), outer_interval)
+        with time_limit(s.time_limit_s):
+            ref_step = Step(original, clone_inputs(site.args), clone_inputs(site.kwargs), mode, params, s.seed)
+            expected = ref_step.result()
+            after_original = ProcessState.now()
+            # What the original leaves in its inputs and its layer: a candidate must leave the same.
+            inputs_after = clone_inputs((ref_step.args, ref_step.kwargs))
+            state_after = before if layer_changes(site.module, before, tol) is None else layer_state(site.module)
+            original_aliasing = call_aliasing(ref_step.fn, site)
+        if not is_train(mode):
+            buffers = list(site.module.buffers()) if site.module is not None else []
+            base.bytes = call_bytes(site.args, site.kwargs, expected, params, buffers)
+    except FAULTS as exc:
+        # Without a working original there is nothing to compare against: no candidate may win here.
+        base.error = f"{type(exc).__name__}: {exc}"
+        logger.warning("%s: the original raised on %s: %s", site.target, site.signature, base.error)
+        restore_layer(site.module, before)
+        start.restore()
+        base.seconds = time.perf_counter() - site_start
+        return base, {c.id: Measured(error=f"original raised: {base.error}") for c in site.candidates}
+    out: dict[str, Measured] = {}
+    steps: dict[str, Contender] = {ORIGINAL: Contender(ref_step)}
+    for cand in site.candidates:
+        m = out[cand.id] = Measured()
+        cand_start = time.perf_counter()
+        start.restore()  # the candidate starts where the original did, RNG included
+        try:
+            with time_limit(s.time_limit_s):  # loading runs the kernel's own code too (a repo's load(), imports)
+                kernel = cand.load(device)
+                m.code, m.commit = cand.identity(device, kernel)
+            problem = kernel_problem(cand, kernel, mode, type(site.module) if site.module is not None else None)
+            if problem:
+                m.error = f"refused: {problem}"
+                continue
+            with time_limit(s.time_limit_s):
+                cand_step = Step(kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode,
+                                 params, s.seed)
+                m.comparison = compare(expected, cand_step.result(), tol)
+            moved_state = state_changes(start, after_original)
+            if moved_state:
+                m.comparison = None
+                m.error = f"refused: it changes process-wide state unlike the original ({moved_state})"
+                continue
+            m.overwrites_inputs = cand.overwrites_inputs(kernel)
+            wrote = layer_changes(site.module, state_after, tol)
+            if wrote:  # timing it would change the weights under every later run: refused
+                m.comparison = None
+                m.error = f"refused: it changes the module's parameters or buffers unlike the original ({wrote})"
+                continue
+            if m.comparison.matches and not m.overwrites_inputs:  # right outputs, but the caller's tensors changed
+                # in place, or its output is the caller's tensor, which the kernel did not declare: not a stand-in
+                moved = compare(inputs_after, (cand_step.args, cand_step.kwargs), tol, "inputs after the call")
+                aliased = alias_problem(original_aliasing, call_aliasing(cand_step.fn, site))
+                if not moved.matches:
+                    m.comparison = Comparison(False, moved.max_abs_err,
+                                              f"it changes its inputs unlike the original: {moved.detail}")
+                elif aliased:
+                    m.comparison = Comparison(False, None, aliased)
+            steps[cand.id] = Contender(cand_step)
+        except FAULTS as exc:
+            m.error = f"{type(exc).__name__}: {exc}"
+            logger.info("%s: candidate %s failed on %s: %s", site.target, cand.id, site.signature, m.error)
+        finally:
+            zero_grads(params)
+            restore_layer(site.module, before)
+            start.restore()
+            m.seconds = time.perf_counter() - cand_start
+        tick()
+    timings = timer.compare(steps, s.time_limit_s)
+    zero_grads(params)
+    restore_layer(site.module, before)
+    start.restore()
+    for cand_id, contender in steps.items():  # still right over repeated calls, on fresh inputs?
+        m = out.get(cand_id)
+        if m is None or m.comparison is None or not m.comparison.matches or isinstance(timings.get(cand_id), str):
+            continue
+        try:
+            with time_limit(s.time_limit_s):
+                problem = repeated(site, ref_step.fn, contender.fn.fn, mode, params, tol, s.seed,  # type: ignore
+                                    start, after_original, before)
+            if problem:
+                m.comparison = Comparison(False, None, problem)
+        except FAULTS as exc:
+            m.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            zero_grads(params)
+            restore_layer(site.module, before)
+            start.restore()
+    for key, result in timings.items():
+        m = base if key == ORIGINAL else out[key]
+        if isinstance(result, str):
+            m.error = result
+        else:
+            m.timing = result
+    base.seconds = time.perf_counter() - site_start
+    return base, out
 
 
-@contextlib.contextmanager
-def _watchdog(seconds: float) -> Iterator[None]:
-    """``time_limit`` off the main thread: a timer thread raises TimeLimitExceeded in this one; a pending raise is
-    withdrawn when the block ends first."""
-    import ctypes
+def original_call(site: Site) -> Callable[..., Any]:
+    if site.kind == "layer":
+        assert site.module is not None
+        module, forward = site.module, type(site.module).forward
+        return lambda *a, **k: forward(module, *a, **k)
+    return original_of(site.target)
 
-    tid = ctypes.c_ulong(threading.get_ident())
-    lock = threading.Lock()
-    state = {"active": True, "fired": False}
 
-    def fire() -> None:
-        with lock:
-            if state["active"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, ctypes.py_object(TimeLimitExceeded))
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        with lock:
-            state["active"] = False
-            if state["fired"]:  # raised, or about to be: withdraw it if it has not been delivered yet
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, None)
+def kernel_call(site: Site, kernel: Any) -> Callable[..., Any]:
+    if site.kind == "layer":
+        module, forward = site.module, kernel.forward
+        return lambda *a, **k: forward(module, *a, **k)
+    return kernel

@@ -14,18 +14,29 @@ trials within ``min_gain`` of the fastest one's time (a smaller difference in ti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch.nn as nn
+
+from twinkle.kernel import kernelize_model, unkernelize
+from twinkle.kernel.pools import pool_members
+from twinkle.kernel.profile import Environment
+
+from .capture import clone_inputs
+from .check import whole_model
+from .decide import NOISY, beats, figures, one, speedup_ci
 from .errors import TuneError
-from .measure import Timing
-
-if TYPE_CHECKING:
-    from .tuner import Progress, TuneSettings
+from .measure import Contender, Timer, Timing
+from .record import Draft, combination_profile
+from .settings import Progress, TuneSettings
+from .step import Step
 
 logger = logging.getLogger("twinkle.autotune")
 
@@ -119,76 +130,217 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     remaining = max(0, s.trials - len(done))
     if done:
         logger.info("resuming study %s: %d trials done, %d to go", study.study_name, len(done), remaining)
-
-    def objective(trial: Any) -> Any:
-        choices = {k: trial.suggest_categorical(k, options) for k, options in space.items()}
-        timing, mem, relative = evaluate(choices)
-        trial.set_user_attr("relative_time", relative)
-        trial.set_user_attr("median_ms", timing.median)
-        trial.set_user_attr("spread", timing.spread)
-        trial.set_user_attr("peak_mem_mb", mem)
-        report("search", trial.number + 1 - len(done), remaining)
-        if s.objective == "latency":
-            return relative
-        if mem is None:
-            raise TuneError("peak memory is not available on this device")
-        return mem if s.objective == "memory" else (relative, mem)
-
-    seeded = len(labels)
-    stale = {"count": 0, "stopped": False}
-    walked: dict[str, int | None] = {"from": None}
-
-    def walk(study: Any, complete: list[Any]) -> None:
-        """Once the seeds are done, queue the one-target moves from the pick, each time the pick changes."""
-        if len(complete) < seeded:
-            return
-        best = pick({t.number: list(t.values) for t in complete}, s.min_gain)
-        if best is None or best == walked["from"]:
-            return
-        walked["from"] = best
-        tried = [t.system_attrs.get("fixed_params") or t.params for t in study.trials]  # run, or queued
-        start = next(t for t in complete if t.number == best)
-        for move in neighbours({k: start.params.get(k) for k in space}, space):
-            if move not in tried:
-                study.enqueue_trial(move, user_attrs={"label": "walk"})
-                tried.append(move)
-
-    def stop_when_stale(study: Any, trial: Any) -> None:
-        """Count sampled trials in a row that improve nothing (an improving trial of any kind resets the count);
-        stop at ``patience``. The seeds and the walk's moves run whatever the count."""
-        if trial.state != optuna.trial.TrialState.COMPLETE:
-            return
+    distributions = {k: optuna.distributions.CategoricalDistribution(options) for k, options in space.items()}
+    seeded, stale, walked_from, stopped = len(labels), 0, None, False
+    report("search", 0, remaining)
+    for n in range(remaining):  # ask, evaluate, tell: the loop is ours, the sampler only proposes
+        trial = study.ask(distributions)
+        choices = {k: trial.params[k] for k in space}
+        try:
+            timing, mem, relative = evaluate(choices)
+            if s.objective != "latency" and mem is None:
+                raise TuneError("peak memory is not available on this device")
+        except Exception as exc:  # a combination that raises is a failed trial, not a failed search
+            logger.warning("search trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        for key, value in (("relative_time", relative), ("median_ms", timing.median), ("spread", timing.spread),
+                           ("peak_mem_mb", mem)):
+            trial.set_user_attr(key, value)
+        values = {"latency": [relative], "memory": [mem], "both": [relative, mem]}[s.objective]
+        study.tell(trial, values)
+        report("search", n + 1, remaining)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        walk(study, complete)
+        if len(complete) >= seeded:  # the seeds are done: walk one-target moves from each new pick
+            walked_from = _walk(study, complete, space, walked_from, s.min_gain)
         if s.patience is None or len(complete) <= seeded:
-            return
-        earlier = [list(t.values) for t in complete if t.number < trial.number]
-        if improves(list(trial.values), earlier):
-            stale["count"] = 0
+            continue
+        # Sampled trials in a row that improve nothing (an improving trial of any kind resets the count); the
+        # seeds and the walk's moves run whatever the count.
+        if improves(values, [list(t.values) for t in complete if t.number < trial.number]):
+            stale = 0
         elif trial.user_attrs.get("label") is None:
-            stale["count"] += 1
-        if stale["count"] >= s.patience:
+            stale += 1
+        if stale >= s.patience:
             logger.info("search stopped after %d trials: the last %d found nothing better", len(complete),
                         s.patience)
-            stale["stopped"] = True
-            study.stop()
-
-    report("search", 0, remaining)
-    study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=[stop_when_stale])
+            stopped = True
+            break
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     trials = [{"number": t.number, "label": t.user_attrs.get("label"), "choices": dict(t.params),
                "median_ms": t.user_attrs.get("median_ms"),
                "spread": t.user_attrs.get("spread"), "relative_time": t.user_attrs.get("relative_time"),
                "peak_mem_mb": t.user_attrs.get("peak_mem_mb")} for t in complete]
-    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    for t in failed:
-        logger.warning("search trial %d failed: %s", t.number, t.system_attrs.get("fail_reason", "unknown"))
     if not complete:
-        return Found(trials, None, stopped_early=stale["stopped"])
+        return Found(trials, None, stopped_early=stopped)
     best = pick({t.number: list(t.values) for t in complete}, s.min_gain)
     chosen = dict(next(t for t in complete if t.number == best).params)
     if len(directions) == 1:
-        return Found(trials, chosen, stopped_early=stale["stopped"])
+        return Found(trials, chosen, stopped_early=stopped)
     pareto = [{"number": t.number, "choices": dict(t.params), "median_ms": t.user_attrs.get("median_ms"),
                "relative_time": t.values[0], "peak_mem_mb": t.values[1]} for t in study.best_trials]
-    return Found(trials, chosen, pareto, stale["stopped"])
+    return Found(trials, chosen, pareto, stopped)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[str], input_set: str,
+               env: Environment, device: str, mode: str, timer: Timer, s: TuneSettings,
+               report: Progress) -> dict[str, Any]:
+    """On one input set: search combinations of its decisions, time baseline, per-target pick and search pick
+    interleaved, and choose. Decisions in ``decided`` (settled on an earlier set) keep their winners."""
+    # The model's inputs as given, kept aside: a kernel that overwrites its inputs may write into them.
+    inputs = clone_inputs((step.args, step.kwargs))
+    whole = Step(model, *clone_inputs(inputs), mode, step.params, s.seed)
+
+    def apply(choices: dict[str, str | None]) -> None:
+        """Kernelize for ``choices`` (untimed, before each round) and put the model's inputs back as given."""
+        unkernelize(model)
+        if any(choices.values()):
+            kernelize_model(model, mode=mode, device=device, use_fallback=False,
+                            profile=combination_profile(drafts, choices, env, device, mode, input_set))
+        whole.restore_inputs(inputs)
+
+    settled = {d.key: d.decision.winner for d in drafts if d.key in decided}
+    per_target = {d.key: d.decision.winner for d in drafts}
+    combos: dict[str, dict[str, str | None]] = {"baseline": {k: None for k in per_target}}
+
+    quick = timer.quick()
+
+    def run_trial(choices: dict[str, str | None]) -> tuple[Timing, float | None, float]:
+        """A trial, timed interleaved with the baseline: its time relative to the baseline cancels drift."""
+        try:
+            timings = quick.compare({"baseline": Contender(whole, setup=lambda: apply(combos["baseline"])),
+                                     "trial": Contender(whole, setup=lambda: apply(choices))}, s.time_limit_s)
+            trial, base = timings["trial"], timings["baseline"]
+            if isinstance(trial, str) or isinstance(base, str):
+                raise RuntimeError(trial if isinstance(trial, str) else f"baseline raised: {base}")
+            apply(choices)
+            return trial, timer.peak_memory_mb(whole), trial.median / base.median
+        finally:
+            unkernelize(model)
+
+    if any(per_target.values()):
+        combos["per-target"] = per_target
+    summary: dict[str, Any] = {"trials": []}
+    space = {d.key: [None] + [r.id for r in d.decision.candidates if r.error is None and r.matches]
+             for d in drafts if d.key not in decided}
+    space = {k: v for k, v in space.items() if len(v) > 1}
+    if s.trials > 0 and space:
+        started = time.perf_counter()
+        found = run(lambda choices: run_trial({**choices, **settled}), space, per_target, s, report,
+                           pool_combinations(space, pool_members()))
+        summary["search_s"] = time.perf_counter() - started
+        summary["trials"] = found.trials
+        summary["stopped_early"] = found.stopped_early
+        if found.pareto is not None:
+            summary["pareto"] = found.pareto
+        best = None if found.best is None else {**found.best, **settled}
+        if best is not None and all(best != c for c in combos.values()):
+            combos["search"] = best
+
+    report("end-to-end", 0, 1)
+    contenders = {name: Contender(whole, setup=lambda c=choices: apply(c)) for name, choices in combos.items()}
+    try:
+        timings = timer.compare(contenders, s.time_limit_s)
+        mems = {}
+        for name, choices in combos.items():
+            apply(choices)
+            mems[name] = timer.peak_memory_mb(whole) if not isinstance(timings.get(name), str) else None
+    finally:
+        unkernelize(model)
+    report("end-to-end", 1, 1)
+    if isinstance(timings["baseline"], str):
+        raise TuneError(f"the model step raised with the original code: {timings['baseline']}")
+    results = {}
+    for name, t in timings.items():
+        if isinstance(t, str):
+            logger.warning("end-to-end: the %s combination raised and is dropped: %s", name, t)
+            summary[name.replace("-", "_") + "_error"] = t
+        else:
+            results[name] = (t, mems[name])
+    base = results["baseline"]
+    summary["baseline"] = figures(*base)
+    for name in ("per-target", "search"):
+        if name in results:
+            summary[name.replace("-", "_")] = figures(*results[name], base[0], s.seed)
+    # In order of preference, what may replace the original: never a combination that is not faster (latency: its
+    # median time below the original's, however wide its interval; memory objectives: not significantly slower,
+    # and then lower memory decides); a searched combination must beat the per-target winners too.
+    ranked = []
+    cis = {name: speedup_ci(one(base[0]), one(results[name][0]), s.seed) for name in ("per-target", "search")
+           if name in results}
+    if "per-target" in cis:
+        speedup, lo, hi = cis["per-target"]
+        if (speedup > 1.0) if s.objective == "latency" else (hi >= 1.0):
+            ranked.append("per-target")
+        else:
+            summary["per_target_dropped"] = (f"{speedup:.2f}x [{lo:.2f}-{hi:.2f}] of the original's time end to end, "
+                                             "not faster")
+            logger.warning("end-to-end: the per-target winners together are not faster than the original (%.2fx "
+                           "[%.2f-%.2f]): the original is kept", speedup, lo, hi)
+    noisy = base[0].spread / base[0].median if base[0].median else 0.0
+    if noisy > NOISY:
+        uncertain = [name for name, (_, lo, hi) in cis.items() if lo <= 1.0 <= hi]
+        summary["noisy"] = {"baseline_spread_pct": 100 * noisy, "uncertain": uncertain}
+        logger.warning("end-to-end: the machine was noisy (the original's own spread is %.0f%% of its time); "
+                       "uncertain: %s", 100 * noisy, ", ".join(uncertain) or "none")
+    if "search" in results and beats(results["search"], base, s.objective, s.seed, s.min_gain) and all(
+            beats(results["search"], results[r], s.objective, s.seed, s.min_gain) for r in ranked):
+        ranked.insert(0, "search")
+    chosen = whole_model(ranked, combos, model, whole, inputs, apply, s, summary)
+    summary["chosen"] = chosen
+    summary["tuned"] = figures(*results[chosen], base[0], s.seed)
+    final = combos[chosen]
+    dropped = {name: summary[name.replace("-", "_") + "_dropped"] for name in ("search", "per-target")
+               if name.replace("-", "_") + "_dropped" in summary}
+    for d in drafts:
+        if d.key in decided:
+            continue
+        dec, choice = d.decision, final.get(d.key)
+        if chosen == "baseline" and dec.winner is not None:
+            why = (f"the per-target winners together gave {dropped['per-target']}" if "per-target" in dropped
+                   else "the per-target winners together were slower than the original end to end")
+            d.decision = dataclasses.replace(dec, winner=None, basis=None, range=None,
+                                             reason=f"{dec.reason}; but {why}, so the original is kept")
+        elif chosen == "per-target" and "search" in dropped:
+            d.decision = dataclasses.replace(
+                dec, reason=f"{dec.reason}; the search's combination was dropped: it gave {dropped['search']}")
+        elif chosen == "search" and choice != dec.winner:
+            basis = None if choice is None else "search" if s.objective == "latency" else "memory"
+            d.decision = dataclasses.replace(  # the range was checked for the per-target winner only
+                dec, winner=choice, basis=basis, range=None,
+                reason=f"end-to-end search chose {choice or 'the original'} (per-target pick: {dec.winner})")
+    return summary
+
+
+def pool_combinations(space: dict[str, list[str | None]], pools: dict[str, list[str]]
+                      ) -> dict[str, dict[str, str | None]]:
+    """Each pool's all-in combination (``pools``: pool name -> its candidate ids): per target, the pool's first
+    candidate in ``space``, else the original.
+
+    Trying these in the search means a tuned model never loses to a single-library stack by more than the noise.
+    """
+    combos = {}
+    for pool, ids in pools.items():
+        members = set(ids)
+        choices = {key: next((c for c in options if c in members), None) for key, options in space.items()}
+        if any(choices.values()):
+            combos[f"pool:{pool}"] = choices
+    return combos
+
+
+def _walk(study: Any, complete: list[Any], space: dict[str, list[str | None]], walked_from: int | None,
+          min_gain: float) -> int | None:
+    """Queue the one-target moves from the current pick, once per pick; returns the pick walked from."""
+    best = pick({t.number: list(t.values) for t in complete}, min_gain)
+    if best is None or best == walked_from:
+        return walked_from
+    tried = [t.system_attrs.get("fixed_params") or t.params for t in study.trials]  # run, or queued
+    start = next(t for t in complete if t.number == best)
+    for move in neighbours({k: start.params.get(k) for k in space}, space):
+        if move not in tried:
+            study.enqueue_trial(move, user_attrs={"label": "walk"})
+            tried.append(move)
+    return best

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from twinkle.kernel.mode import is_compile, is_train
+from twinkle.kernel.plan import is_compile, is_train
 
 from .capture import clone_inputs
 

@@ -26,8 +26,10 @@ from twinkle.kernel.signature import at_path, size_positions
 from twinkle.kernel.profile import SizeRange
 
 from .capture import Site, clone_inputs
-from .match import compare
-from .measure import FAULTS, Contender, Timer, time_limit
+from .check import compare, layer_state, restore_layer
+from .errors import FAULTS, time_limit
+from .measure import Contender, Timer, kernel_call, original_call
+from .settings import TuneSettings
 from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
@@ -138,3 +140,18 @@ def sweep(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], 
 
 def _copies(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return clone_inputs(args), clone_inputs(kwargs)
+
+
+def winner_range(site: Site, winner: str, device: str, mode: str, timer: Timer, tol: dict[str, dict[str, float]],
+                 s: TuneSettings) -> SizeRange | None:
+    """The size range over which the winner of ``site`` was checked (None: its verdict holds at the exact
+    signature only); the layer's parameters and buffers are put back after every run."""
+    cand = next(c for c in site.candidates if c.id == winner)
+    params = list(site.module.parameters()) if site.module is not None else []
+    before = layer_state(site.module)
+    try:
+        return sweep(site, original_call(site), kernel_call(site, cand.load(device)), mode, params, timer, tol,
+                     s.seed, s.time_limit_s, lambda: restore_layer(site.module, before))
+    except FAULTS as exc:  # a sweep that fails only costs the range
+        logger.info("%s: no range for %s: %s: %s", site.target, winner, type(exc).__name__, exc)
+        return None

@@ -3,14 +3,12 @@ that the end-to-end search tries each pool's all-in combination (a tuned model n
 
 from __future__ import annotations
 
-import sys
-import types
 
 import pytest
 import torch
 
 from autotune import autotune
-from autotune.combination import pool_combinations
+from autotune.search import pool_combinations
 from autotune.roofline import achieved, call_bytes
 from twinkle.kernel.function import register_function_kernel
 
@@ -67,16 +65,14 @@ def test_train_modes_record_no_bandwidth(tune_pkg, settings):
 def fake_pools(monkeypatch: pytest.MonkeyPatch):
     """A stand-in for twinkle.kernel.pools naming which candidate ids each pool registered."""
     members: dict[str, list[str]] = {}
-    module = types.ModuleType("twinkle.kernel.pools")
-    module.pool_members = lambda: {k: list(v) for k, v in members.items()}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "twinkle.kernel.pools", module)
+    monkeypatch.setattr("autotune.search.pool_members", lambda: {k: list(v) for k, v in members.items()})
     return members
 
 
 def test_each_pool_contributes_its_all_in_combination(fake_pools):
     fake_pools.update({"a": ["a1", "a2"], "b": ["b2"], "empty": ["z"]})
     space = {"t1": [None, "a1", "x1"], "t2": [None, "a2", "b2"]}
-    combos = pool_combinations(space)
+    combos = pool_combinations(space, fake_pools)
     assert combos == {"pool:a": {"t1": "a1", "t2": "a2"}, "pool:b": {"t1": None, "t2": "b2"}}
 
 

@@ -11,7 +11,7 @@ import pytest
 from autotune import TuneError, autotune
 from autotune.measure import Timing
 from autotune.search import improves, neighbours, pick, run
-from autotune.tuner import TuneSettings
+from autotune.settings import TuneSettings
 
 SPACE = {"norm": [None, "impl:a", "impl:b", "impl:c"], "rope": [None, "impl:x", "impl:y", "impl:z"],
          "mlp": [None, "impl:p", "impl:q", "impl:r"]}
@@ -116,7 +116,7 @@ def test_a_bad_time_limit_is_refused_before_any_work(value):
 
 
 def test_with_both_objectives_a_combination_beats_another_by_speed_at_like_memory_or_by_memory_at_like_speed():
-    from autotune.combination import _beats
+    from autotune.decide import beats as _beats
 
     def t(ms):  # a timing with a little noise around ms
         return Timing(tuple(ms * (1 + 0.002 * (i % 5 - 2)) for i in range(20)))
@@ -132,7 +132,8 @@ def test_with_both_objectives_a_combination_beats_another_by_speed_at_like_memor
 
 
 def test_the_search_trials_timer_takes_half_the_samples_of_the_final_comparison():
-    from autotune.measure import Timer, TimerSettings
+    from autotune.measure import Timer
+    from autotune.settings import TimerSettings
 
     full = Timer("cpu", TimerSettings(batch=10, min_samples=20, max_seconds=2.0))
     quick = full.quick()

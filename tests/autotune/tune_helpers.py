@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from autotune import TimerSettings
+from autotune.settings import TimerSettings
 from twinkle.kernel.profile import Decision, Profile, Row, Target, save_profile
 
 FAST_TIMER = TimerSettings(warmup=1, batch=3, min_samples=6, max_samples=12, max_seconds=0.2)

@@ -520,7 +520,8 @@ def test_fused_linear_cross_entropy_without_labels_is_the_original(tiny_model, l
 
 
 def test_liger_rotary_overwrites_q_and_k_as_declared_and_the_tuner_allows_it(tiny_model, liger):
-    from autotune import TimerSettings, TuneSettings, autotune
+    from autotune import TuneSettings, autotune
+    from autotune.settings import TimerSettings
     from twinkle.kernel.function import register_function_kernel
     from twinkle.kernel.pools.liger import rotary_pos_emb
 

@@ -282,7 +282,8 @@ def test_the_profile_reaches_a_rank_without_the_file(trained):
 def _tune_scenarios(rank: int, world: int, out: Path) -> dict:
     import torch.nn as nn
 
-    from autotune import TimerSettings, TuneError, TuneSettings
+    from autotune import TuneError, TuneSettings
+    from autotune.settings import TimerSettings
     from autotune.cli import main as cli_main
     from autotune.distributed import load_shared_profile, tune_on_rank0
     from twinkle.kernel import kernelize_model, unkernelize

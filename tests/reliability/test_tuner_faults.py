@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import torch
 
-from autotune import TimerSettings, TuneSettings, autotune
+from autotune import TuneSettings, autotune
+from autotune.settings import TimerSettings
 from autotune.report import save_reports
 from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel, unkernelize
 from twinkle.kernel.function import register_function_kernel

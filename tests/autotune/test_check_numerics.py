@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from autotune import match
-from autotune.match import compare, tolerances
+from autotune import check as match
+from autotune.check import compare
+from autotune.settings import tolerances
 
 TOL = tolerances()
 NAN, INF = float("nan"), float("inf")
