@@ -1,4 +1,5 @@
-"""autotune.report: the console report, the data frame and the saved report files, from hand-built profiles."""
+"""autotune.report (the tuning report): the console, the data frame and the saved report files, from hand-built
+profiles; the row model they all read is tested in test_report_rows.py."""
 
 from __future__ import annotations
 
@@ -460,7 +461,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed")
 def test_failed_chart_leaves_no_partial_png(tmp_path, monkeypatch):
-    import autotune.report as report
+    from autotune.report import chart
 
     save_reports(make_profile(), tmp_path)
     before = (tmp_path / "latency.png").read_bytes()
@@ -469,7 +470,7 @@ def test_failed_chart_leaves_no_partial_png(tmp_path, monkeypatch):
         Path(path).write_bytes(b"\x89PNG half")
         raise RuntimeError("renderer crashed")
 
-    monkeypatch.setattr(report, "_draw_chart", broken_draw)
+    monkeypatch.setattr(chart, "draw", broken_draw)
     with pytest.raises(RuntimeError):
         save_reports(make_profile(), tmp_path)
     assert (tmp_path / "latency.png").read_bytes() == before
@@ -478,9 +479,9 @@ def test_failed_chart_leaves_no_partial_png(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed")
 def test_chart_has_a_panel_per_signature_and_per_set():
-    import autotune.report as report
+    from autotune.report import chart, rows
 
-    titles = [title for title, _ in report._chart_panels(make_profile())]
+    titles = [title for title, _ in chart.panels(rows.build(make_profile()))]
     assert titles == [f"rmsnorm · {RMS_SIG} (sets: default, long)  (8 calls/step)",
                       f"fused_mlp · {RMS_SIG} (sets: default)  (4 calls/step)",
                       f"{ROTARY} · {ROPE_SIG_A} (sets: default)  (4 calls/step)",
