@@ -27,7 +27,7 @@ from .state import MISSING, STATE
 
 __all__ = ["Plan", "LayerTarget", "FunctionTarget", "Candidate", "plan", "original_of", "aliases", "kernel_problem",
            "patches_kept", "default_device", "infer_device", "parse_device", "parse_mode", "is_train", "is_compile",
-           "class_path", "DEVICES", "MODES"]
+           "class_path", "registered", "DEVICES", "MODES"]
 
 
 @dataclass(frozen=True)
@@ -181,3 +181,8 @@ def patches_kept(model: nn.Module) -> Any:
     originals while it measures); afterwards every function patch, and every patch on ``model``'s modules, is as
     it was, with its undo record and what ``kernel_report`` says."""
     return STATE.kept(model)
+
+
+def registered() -> list[Candidate]:
+    """Every registered candidate, layers first, each target's in registration order."""
+    return [c for kind in ("layer", "function") for cands in STATE.registry.targets(kind).values() for c in cands]
