@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from twinkle.kernel import signature
-from twinkle.kernel.layer import matches
+from twinkle.kernel.layer import serves
 from twinkle.kernel.registry import Candidate
 
 
@@ -102,7 +102,7 @@ def capture(model: nn.Module, run: Callable[[], Any], layers: dict[str, list[Can
             cls = type(module)
             if cls not in class_match:
                 class_match[cls] = next((name for name, cands in layers.items()
-                                         if any(matches(cls, c) for c in cands)), None)
+                                         if any(serves(c, cls) for c in cands)), None)
             name = class_match[cls]
             if name is None:
                 continue

@@ -156,12 +156,12 @@ def study_name(model_py: Path, device: str | None, mode: str, objective: str, in
     import torch
 
     from twinkle.kernel.device import parse_device
-    from twinkle.kernel.registry import REGISTRY
+    from twinkle.kernel.state import STATE
     from twinkle.kernel.signature import describe
 
     label = parse_device(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")  # as autotune
     candidates = sorted([kind, target, c.id, c.device or "", c.mode or ""] for kind in ("layer", "function")
-                        for target, cands in REGISTRY.targets(kind).items() for c in cands)  # type: ignore[arg-type]
+                        for target, cands in STATE.registry.targets(kind).items() for c in cands)  # type: ignore[arg-type]
     key = {"candidates": candidates, "inputs": describe(inputs), "device": label, "mode": mode,
            "objective": objective}
     digest = hashlib.sha256(model_py.read_bytes())

@@ -10,7 +10,7 @@ inputs (uniform over each captured tensor's value range), compares them and time
 The range is ``[low, N]``: ``low`` is the smallest checked size from which, at every checked size, the winner matched
 and was not slower than the original. A mismatch at any checked size gives no range. A call is covered when its
 signature equals the decision's except at those dimensions, which all hold one size within the range
-(``twinkle.kernel.dispatch.covers``). Calls whose sweep dimensions hold non-float tensors, non-contiguous tensors or
+(``twinkle.kernel.signature.covers``). Calls whose sweep dimensions hold non-float tensors, non-contiguous tensors or
 sizes the sweep cannot vary give no range (their verdict holds at the exact signature only).
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from twinkle.kernel.dispatch import at_path, size_positions
+from twinkle.kernel.signature import at_path, size_positions
 from twinkle.kernel.profile import SizeRange
 
 from .capture import Site, clone_inputs

@@ -21,12 +21,13 @@ import torch
 import torch.nn as nn
 
 from twinkle.kernel import unkernelize
-from twinkle.kernel.kernelize import patches_kept
+from twinkle.kernel.plan import original_of, patches_kept
 from twinkle.kernel.device import parse_device
 from twinkle.kernel.layer import layer_problem
 from twinkle.kernel.mode import is_train, parse_mode
 from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, SizeRange, Target, environment
-from twinkle.kernel.registry import REGISTRY, Candidate
+from twinkle.kernel.state import STATE
+from twinkle.kernel.registry import Candidate
 from twinkle.kernel.selection import capability_problem, eligible
 
 from .capture import Site, capture, clone_inputs, map_tensors
@@ -101,7 +102,7 @@ class _Measured:
 def _targets(device: str, mode: str) -> tuple[dict[str, list[Candidate]], dict[str, list[Candidate]]]:
     def pools(kind: str) -> dict[str, list[Candidate]]:
         out = {}
-        for name, cands in REGISTRY.targets(kind).items():  # type: ignore[arg-type]
+        for name, cands in STATE.registry.targets(kind).items():  # type: ignore[arg-type]
             ordered, _ = eligible(cands, device, mode)
             if ordered:
                 out[name] = ordered
@@ -477,15 +478,7 @@ def _original(site: Site) -> Callable[..., Any]:
         assert site.module is not None
         module, forward = site.module, type(site.module).forward
         return lambda *a, **k: forward(module, *a, **k)
-    import importlib
-
-    from twinkle.kernel.kernelize import _FUNCTION_PATCHES
-
-    record = _FUNCTION_PATCHES.get(site.target)
-    if record is not None:
-        return record.original
-    module_name, _, func = site.target.rpartition(".")
-    return getattr(importlib.import_module(module_name), func)
+    return original_of(site.target)
 
 
 def _kernel_call(site: Site, kernel: Any) -> Callable[..., Any]:

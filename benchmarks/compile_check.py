@@ -148,7 +148,7 @@ def max_diff(got: tuple[torch.Tensor, dict], want: tuple[torch.Tensor, dict]) ->
 
 def reset_registry() -> None:
     unkernelize()
-    registry.REGISTRY.clear()
+    registry.STATE.registry.clear()
 
 
 def check(name: str, kernels: str, build: Any, pools: tuple[str, ...], mode: str, kernelize_mode: str,

@@ -67,7 +67,7 @@ if str(ROOT) not in sys.path:
 
 from twinkle.kernel import kernel_report, kernelize_model, unkernelize, use_pools  # noqa: E402
 from twinkle.kernel.dispatch import FunctionDispatch, LayerDispatch, Verdicts  # noqa: E402
-from twinkle.kernel.registry import REGISTRY  # noqa: E402
+from twinkle.kernel.state import STATE  # noqa: E402
 from twinkle.kernel.signature import Key, call_key  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "hf_llama" / "model.py"
@@ -313,14 +313,14 @@ def load_example(size: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    REGISTRY.clear()
+    STATE.registry.clear()
     return module
 
 
 def _function_originals() -> dict[str, Any]:
     """Each registered function target (``module.func``) -> the attribute there now (before kernelizing)."""
     out = {}
-    for target in REGISTRY.targets("function"):
+    for target in STATE.registry.targets("function"):
         mod_name, _, func = target.rpartition(".")
         try:
             mod = importlib.import_module(mod_name)

@@ -64,9 +64,9 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
 
         if stack == "torch":
             from twinkle.kernel import use_pools
-            from twinkle.kernel.registry import REGISTRY
+            from twinkle.kernel.state import STATE
 
-            REGISTRY.clear()  # only the torch pool's candidates: a profile-free kernelize picks among them
+            STATE.registry.clear()  # only the torch pool's candidates: a profile-free kernelize picks among them
             use_pools("torch")
             kernelize_model(model, mode=mode, device=device)
         else:

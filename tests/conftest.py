@@ -50,37 +50,27 @@ def _forget_modules_under(root: Path, keep: set[str]) -> None:
 
 
 def _reset_twinkle_kernel() -> None:
-    """Empty registry, no patches, no cached kernel loads or repo instances."""
-    if "twinkle.kernel" not in sys.modules:
-        return
-    import twinkle.kernel as tk
-    from twinkle.kernel import registry, source
+    """No patches, no registrations, no cached kernel loads or repo instances."""
+    if "twinkle.kernel" in sys.modules:
+        import twinkle.kernel as tk
 
-    tk.unkernelize()
-    registry.REGISTRY.clear()
-    for cache_owner, names in ((source, ("_CACHE", "_RESOLVED")), (registry, ("_INSTANCES",))):
-        for name in names:
-            cache = getattr(cache_owner, name, None)
-            if isinstance(cache, dict):
-                cache.clear()
+        tk.reset()
 
 
 @pytest.fixture(autouse=True)
 def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory):
-    """Every test runs against a clean twinkle.kernel state and leaves one behind."""
-    import twinkle.kernel  # noqa: F401 - so that the state below exists before the test
-
-    from twinkle.kernel import registry
+    """Every test runs against a clean twinkle.kernel state and leaves one behind; registrations made before it
+    (at a test module's import) are put back afterwards."""
+    from twinkle.kernel.state import STATE
 
     basetemp = tmp_path_factory.getbasetemp().resolve()
     modules_before = set(sys.modules)
-    with registry.REGISTRY._lock:
-        saved = {key: list(cands) for key, cands in registry.REGISTRY._by_target.items()}
+    saved = STATE.registry.snapshot(), {pool: list(m) for pool, m in STATE.pool_members.items()}
     _reset_twinkle_kernel()
     try:
         yield
     finally:
         _reset_twinkle_kernel()
         _forget_modules_under(basetemp, keep=modules_before)
-        with registry.REGISTRY._lock:
-            registry.REGISTRY._by_target.update(saved)
+        STATE.registry.restore(saved[0])
+        STATE.pool_members.update(saved[1])

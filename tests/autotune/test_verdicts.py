@@ -332,13 +332,13 @@ def test_dispatch_adds_no_graph_break_under_torch_compile(pkg):
     import torch._dynamo as dynamo
 
     from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
-    from twinkle.kernel.registry import REGISTRY
+    from twinkle.kernel.state import STATE
     from twinkle.kernel.signature import call_key, text
 
     cand = register_layer_kernel("RowNorm", layer_impl=MarkedRowNorm, device="cpu", mode="compile")
     with torch.no_grad():
         key = call_key((rows(16),), {}, False)
-    code, _ = next(c for c in REGISTRY.targets("layer")["RowNorm"] if c.id == cand).identity("cpu", MarkedRowNorm)
+    code, _ = next(c for c in STATE.registry.targets("layer")["RowNorm"] if c.id == cand).identity("cpu", MarkedRowNorm)
     row = Row(id=cand, source="impl", code=code, median_ms=0.1, speedup=2.0, speedup_ci=(1.9, 2.1),
               significant=True, matches=True)
     decision = Decision(signature=key, text=text(key), sets=("default",), calls=1, baseline=Baseline(median_ms=0.2),

@@ -14,7 +14,7 @@ from core_helpers import SHA, write_hub_repo
 from twinkle.kernel import KernelError, kernel_report, kernelize_model, register_layer_kernel, unkernelize
 from twinkle.kernel.profile import (Baseline, ClassRef, Decision, Profile, Row, Target, environment, load_profile,
                                     save_profile)
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 from twinkle.kernel.signature import call_key, text
 
 X = torch.randn(4, 8)
@@ -28,7 +28,7 @@ def _model() -> nn.Sequential:
 
 def _profile_for(cand_id: str, tmp_path) -> Profile:
     """The profile a tuning would write for the layer winner ``cand_id`` at X's signature (its code as loaded now)."""
-    cand = next(c for c in REGISTRY.targets("layer")["linear"] if c.id == cand_id)
+    cand = next(c for c in STATE.registry.targets("layer")["linear"] if c.id == cand_id)
     kernel = cand.load("cpu")
     code, commit = cand.identity("cpu", kernel)
     with torch.no_grad():  # inference: the calls are made without autograd
@@ -75,9 +75,7 @@ def test_a_hub_winner_whose_commit_is_gone_leaves_the_original(hub_cache, tmp_pa
     folder = cache / "kernels--org--linear"
     shutil.move(folder / "snapshots" / SHA, folder / "snapshots" / OTHER_SHA)
     (folder / "refs" / "main").write_text(OTHER_SHA)
-    from twinkle.kernel import source
-
-    source._CACHE.clear()  # a new process: nothing loaded yet
+    STATE.cache("loads").clear()  # a new process: nothing loaded yet
     with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
         model = kernelize_model(_model(), device="cpu", profile=profile)
     assert "forward" not in vars(model[0]) and not _ran_kernel(model)
@@ -99,9 +97,7 @@ def test_a_local_repo_edited_after_tuning_runs_the_original(hub_repo, tmp_path, 
 
     layers = repo / "build" / "torch-cpu" / "my_kernels" / "layers.py"
     layers.write_text(layers.read_text() + "\n# edited after tuning\n")
-    from twinkle.kernel import source
-
-    source._CACHE.clear()  # a new process loads the edited files
+    STATE.cache("loads").clear()  # a new process loads the edited files
     with caplog.at_level(logging.WARNING, logger="twinkle.kernel"):
         model = kernelize_model(_model(), device="cpu", profile=profile)
     assert not _ran_kernel(model)

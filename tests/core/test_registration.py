@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from twinkle.kernel import kernelize_model, register_kernels, register_layer_kernel
 from twinkle.kernel.function import apply_function_kernel, register_function_kernel
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 
 def fast_add(x, y):
@@ -25,7 +25,7 @@ class Repo:
 
 
 def _nothing_registered() -> bool:
-    return REGISTRY.targets("layer") == {} and REGISTRY.targets("function") == {}
+    return STATE.registry.targets("layer") == {} and STATE.registry.targets("function") == {}
 
 
 LAYER_ERRORS = [
@@ -88,7 +88,7 @@ def test_accepted_spellings(my_pkg):
     register_function_kernel("add", "my_pkg.math_ops", func_impl=fast_add, device="CUDA:0", mode="training")
     register_function_kernel("mul", "my_pkg.math_ops", func_impl=fast_add, device=__import__("torch").device("cpu"),
                              mode="Train+Compile")
-    cands = {t: c[0] for t, c in REGISTRY.targets("function").items()}
+    cands = {t: c[0] for t, c in STATE.registry.targets("function").items()}
     assert (cands["my_pkg.math_ops.add"].device, cands["my_pkg.math_ops.add"].mode) == ("cuda", "train")
     assert (cands["my_pkg.math_ops.mul"].device, cands["my_pkg.math_ops.mul"].mode) == ("cpu", "train+compile")
 
@@ -146,7 +146,7 @@ def test_config_dict_is_not_mutated(my_pkg):
     assert config == before
     assert ids == ["impl:my_pkg.cands.MarkedLinear", "impl:my_pkg.cands.fast_add", f"impl:{__name__}.fast_add",
                    "repo:my_pkg.cands.AddRepo"]
-    assert set(REGISTRY.targets("function")) == {"my_pkg.math_ops.add", "my_pkg.math_ops.mul",
+    assert set(STATE.registry.targets("function")) == {"my_pkg.math_ops.add", "my_pkg.math_ops.mul",
                                                  "my_pkg.math_ops.sub"}
     bad = copy.deepcopy(config)
     bad["functions"]["add"]["mode"] = "nope"

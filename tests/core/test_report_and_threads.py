@@ -9,9 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch.nn as nn
 import torch.nn.functional as F
 
-from twinkle.kernel import KernelReport, kernel_report, kernelize_model, register_layer_kernel, unkernelize
+from twinkle.kernel.report import KernelReport
+from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel, unkernelize
 from twinkle.kernel.function import register_function_kernel
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 
 class AKernelLayerWhoseNameIsLongEnoughToOverflowAnyTerminalWidthThatSomeoneMightHaveOpenOnTheirDesk(nn.Module):
@@ -87,10 +88,10 @@ def test_registering_and_kernelizing_from_threads(my_pkg):
     with ThreadPoolExecutor(max_workers=n) as pool:
         assert sorted(pool.map(work, range(n))) == list(range(n))
 
-    functions = REGISTRY.targets("function")
+    functions = STATE.registry.targets("function")
     assert len(functions["my_pkg.math_ops.add"]) == n  # n distinct ids
     assert len(functions["my_pkg.math_ops.mul"]) == 1  # one id, registered n times: replaced
-    assert len(REGISTRY.targets("layer")["linear"]) == 1
+    assert len(STATE.registry.targets("layer")["linear"]) == 1
     assert all(m[0].forward.__func__ is LONG.forward for m in models)
     # The last registered add (highest sequence) is the one every later kernelize picks.
     kernelize_model(None, device="cpu")

@@ -10,7 +10,7 @@ from core_helpers import twinkle_warnings
 
 from twinkle.kernel import kernel_report, kernelize_model, register_layer_kernel
 from twinkle.kernel.function import apply_function_kernel, register_function_kernel
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 
 def k_inference(x, y):
@@ -110,12 +110,12 @@ def test_kernels_preference_order_for_inference(my_pkg):
     _reg(k_train, mode="train")
     _reg(k_compile, mode="compile")
     assert _used(my_pkg, "inference") == "compile"  # inference: compile, then train, then train+compile
-    REGISTRY.clear()
+    STATE.registry.clear()
     _reg(k_train_compile, mode="train+compile")
     _reg(k_any)
     _reg(k_train, mode="train")
     assert _used(my_pkg, "inference") == "train"
-    REGISTRY.clear()
+    STATE.registry.clear()
     _reg(k_any)
     _reg(k_train_compile, mode="train+compile")
     assert _used(my_pkg, "inference") == "train+compile"  # any registered mode before no mode
@@ -148,7 +148,7 @@ def test_last_registered_wins_within_a_rank(my_pkg):
     _reg(k_second, mode="inference")
     assert _used(my_pkg, "inference") == "second"
     _reg(k_first, mode="inference")  # same id, device and mode: replaces, and is now the latest
-    assert len(REGISTRY.targets("function")["my_pkg.math_ops.add"]) == 2
+    assert len(STATE.registry.targets("function")["my_pkg.math_ops.add"]) == 2
     assert _used(my_pkg, "inference") == "first"
 
 
@@ -157,7 +157,7 @@ def test_same_id_other_device_or_mode_is_another_candidate(my_pkg):
     _reg(k_first, device="cuda", mode="inference")
     _reg(k_first, device="cpu", mode="train")
     _reg(k_first, device="cpu", mode="inference")
-    assert len(REGISTRY.targets("function")["my_pkg.math_ops.add"]) == 3
+    assert len(STATE.registry.targets("function")["my_pkg.math_ops.add"]) == 3
 
 
 def test_device_specific_before_any_device(my_pkg):
@@ -216,7 +216,7 @@ def test_registered_for_train_compile_means_compile_capable(my_pkg):
 def test_declared_capabilities_win_over_the_registration(my_pkg):
     _reg(k_not_compilable, mode="compile")
     assert _used(my_pkg, "compile") is None
-    REGISTRY.clear()
+    STATE.registry.clear()
     _reg(k_compilable)
     assert _used(my_pkg, "compile") == "compilable"
 

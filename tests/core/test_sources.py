@@ -30,9 +30,9 @@ def test_func_impl_id_is_the_same_given_as_object_or_string(my_pkg):
     assert by_object == by_string == "impl:my_pkg.cands.fast_add"
     assert nested == "impl:my_pkg.cands.Namespace.nested_add"
     # Same id, device and mode: the second registration replaced the first.
-    from twinkle.kernel.registry import REGISTRY
+    from twinkle.kernel.state import STATE
 
-    assert len(REGISTRY.targets("function")["my_pkg.math_ops.add"]) == 1
+    assert len(STATE.registry.targets("function")["my_pkg.math_ops.add"]) == 1
     assert apply_function_kernel(device="cpu") == ["my_pkg.math_ops.add", "my_pkg.math_ops.mul"]
     assert my_pkg.math_ops.add(1, 2) == 13 and my_pkg.math_ops.mul(1, 2) == 23
 

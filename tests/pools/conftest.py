@@ -28,19 +28,6 @@ CLASSES = {  # family (twinkle.kernel.pools.targets.FAMILIES): (config class, ca
 VOCAB = 128
 
 
-@pytest.fixture(autouse=True)
-def _forget_pool_members() -> Iterator[None]:
-    with pools._MEMBERS_LOCK:
-        saved = {k: list(v) for k, v in pools._MEMBERS.items()}
-        pools._MEMBERS.clear()
-    try:
-        yield
-    finally:
-        with pools._MEMBERS_LOCK:
-            pools._MEMBERS.clear()
-            pools._MEMBERS.update(saved)
-
-
 @pytest.fixture
 def tiny_model() -> Callable[..., nn.Module]:
     """Factory: ``tiny_model("qwen3", hidden_act="gelu")``, a two-layer model with random weights (no download)."""

@@ -28,7 +28,7 @@ from twinkle.kernel import kernel_report, kernelize_model, register_kernels, reg
 from twinkle.kernel import pools
 from twinkle.kernel.pools import POOL_NAMES, compiled, describe_pools, pool_members, pools_markdown, triton
 from twinkle.kernel.pools.targets import FAMILIES, TARGETS
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELING = {family: f"transformers.models.{family}.modeling_{family}" for family in FAMILIES}
@@ -51,7 +51,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def registered() -> dict[tuple[str, str], list[Any]]:
     return {(kind, target): cands for kind in ("layer", "function")
-            for target, cands in REGISTRY.targets(kind).items()}  # type: ignore[arg-type]
+            for target, cands in STATE.registry.targets(kind).items()}  # type: ignore[arg-type]
 
 
 def all_candidates() -> list[Any]:
@@ -88,7 +88,7 @@ def test_device_and_mode_limit_every_registration(installed, caplog):
     assert {(c.device, c.mode) for c in all_candidates()} == {("cpu", "train")}
     assert not warnings_of(caplog)
     assert any("pool 'liger' has candidates for cuda only" in r.getMessage() for r in caplog.records)
-    REGISTRY.clear()
+    STATE.registry.clear()
     assert set(use_pools("liger", device="cuda:0")) == LIGER_IDS
     assert {c.device for c in all_candidates()} == {"cuda"}
 
@@ -125,7 +125,7 @@ def test_missing_liger_is_one_clear_warning_and_strict_raises(installed, caplog)
     assert warnings_of(caplog) == ["use_pools: pool 'liger' skipped: it needs liger-kernel and triton, not installed "
                                    "here (pip install liger-kernel triton)"]
     assert set(pool_members()) == {"torch"}
-    REGISTRY.clear()
+    STATE.registry.clear()
     with pytest.raises(ImportError, match=r"pip install liger-kernel triton"):
         use_pools("torch", "liger", strict=True)
     assert not all_candidates()  # all or nothing: not even the torch pool
@@ -165,7 +165,7 @@ def test_missing_transformers_leaves_its_targets_out_but_keeps_name_matches(inst
     kernelize_model(norm, device="cpu")
     assert vars(norm)["forward"].__func__ is pools.native.builtin.RMSNorm.forward
     torch.testing.assert_close(norm(x), expected)
-    REGISTRY.clear()
+    STATE.registry.clear()
     with pytest.raises(ImportError, match="transformers"):
         use_pools("torch", strict=True)
     assert not all_candidates()
@@ -182,7 +182,7 @@ def test_registering_imports_no_optional_package():
 def test_pool_members_are_those_still_registered():
     use_pools("torch")
     assert set(pool_members()["torch"]) == TORCH_IDS
-    REGISTRY.clear()
+    STATE.registry.clear()
     assert pool_members() == {}
 
 
@@ -203,14 +203,14 @@ def test_config_pools_line(tmp_path, installed):
     ids = register_kernels({"pools": ["torch", "liger"]})
     assert set(ids) == TORCH_IDS | LIGER_IDS
     assert set(pool_members()) == {"torch", "liger"}
-    REGISTRY.clear()
+    STATE.registry.clear()
     path = tmp_path / "kernels.yaml"
     path.write_text("pools: [torch, compiled]\n"
                     "layers:\n  RMSNorm:\n    layer_impl: twinkle.kernel.pools.liger:RMSNorm\n    device: cpu\n")
     ids = register_kernels(path)
     assert set(ids[:-1]) == TORCH_IDS | COMPILED_IDS
     assert ids[-1] == "impl:twinkle.kernel.pools.liger.RMSNorm"  # the config's own kernels come last: tried first
-    REGISTRY.clear()
+    STATE.registry.clear()
     assert set(register_kernels({"pools": "all"})) == set().union(*EXPECTED.values())
 
 
@@ -350,7 +350,7 @@ def test_compiled_pool_matches_the_originals(family, mode, tiny_model, compile_b
     all_instances_patched(model)
     assert_same(run(model, ids, mode), expected)
     cls = {type(m) for m in model.modules() if type(m).__name__.endswith("RMSNorm")}.pop()
-    assert compiled._COMPILED.get((cls.forward, "aot_eager")) is not None  # compiled, not fallen back
+    assert STATE.cache(compiled.COMPILED_CACHE).get((cls.forward, "aot_eager")) is not None  # compiled, not fallen back
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on a CPU needs a C++ compiler")
@@ -370,7 +370,7 @@ def test_compiled_pool_with_inductor(mode, tiny_model, compile_backend, caplog):
     assert_same(run(model, ids, mode), expected)
     assert not warnings_of(caplog)
     for fn in originals:
-        assert compiled._COMPILED.get((fn, "inductor")) is not None, fn
+        assert STATE.cache(compiled.COMPILED_CACHE).get((fn, "inductor")) is not None, fn
 
 
 def test_compiled_function_wraps_the_original_even_over_another_kernel(tiny_model, compile_backend):

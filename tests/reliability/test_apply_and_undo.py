@@ -25,7 +25,7 @@ from twinkle.kernel import (kernel_report, kernelize_model, register_function_ke
 from twinkle.kernel import signature as sig
 from twinkle.kernel.dispatch import LayerDispatch
 from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 RAN: list[str] = []  # the kernels that ran
 X = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
@@ -73,7 +73,7 @@ def own_forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:
 
 def scale_profile(cand_id: str) -> Profile:
     """A profile whose one verdict runs ``FastScale`` on ``Scale`` at the signature of ``X`` in inference."""
-    cand = next(c for c in REGISTRY.targets("layer")["Scale"] if c.id == cand_id)
+    cand = next(c for c in STATE.registry.targets("layer")["Scale"] if c.id == cand_id)
     code = cand.identity("cpu", cand.load("cpu"))[0]
     with torch.no_grad():
         key = sig.call_key((X,), {}, False)

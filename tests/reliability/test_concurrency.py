@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import twinkle.kernel as tk
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 THREADS = 8
 DONE: Counter[str] = Counter()  # operations run concurrently, per kind; printed by the last test
@@ -115,7 +115,7 @@ def test_registrations_on_distinct_targets_lose_nothing() -> None:
             count("registrations", 3)
 
     run_threads(work)
-    layers, functions = REGISTRY.targets("layer"), REGISTRY.targets("function")
+    layers, functions = STATE.registry.targets("layer"), STATE.registry.targets("function")
     assert len(layers) == THREADS * ROUNDS and all(len(c) == 1 for c in layers.values())
     assert len(functions) == 2 * THREADS * ROUNDS and all(len(c) == 1 for c in functions.values())
 
@@ -128,7 +128,7 @@ def test_registrations_on_the_same_targets_lose_nothing() -> None:
             count("registrations", 2)
 
     run_threads(work)
-    layers, functions = REGISTRY.targets("layer"), REGISTRY.targets("function")
+    layers, functions = STATE.registry.targets("layer"), STATE.registry.targets("function")
     want = {f"{i}_{j}" for i in range(THREADS) for j in range(ROUNDS)}
     assert {c.id.rsplit("_", 2)[-2] + "_" + c.id.rsplit("_", 1)[-1] for c in layers["ConcNorm"]} == want
     assert len(functions[f"{OPS.__name__}.shift"]) == len(want)
@@ -206,7 +206,7 @@ def test_registering_while_kernelizing() -> None:
                 count("kernelize/unkernelize", 2)
 
     run_threads(work)
-    assert len(REGISTRY.targets("layer")["ConcNorm"]) == (THREADS // 2) * ROUNDS
+    assert len(STATE.registry.targets("layer")["ConcNorm"]) == (THREADS // 2) * ROUNDS
     tk.kernelize_model(model, device="cpu")
     assert torch.allclose(model(x), expected)
     tk.unkernelize()

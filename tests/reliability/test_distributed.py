@@ -56,13 +56,13 @@ def every_builtin(path: Path, seqs: tuple[int, ...] = (32, 64)) -> Path:
     from twinkle.kernel import register_kernels
     from twinkle.kernel.profile import (Baseline, ClassRef, Decision, Profile, Row, Target, environment,
                                         save_profile)
-    from twinkle.kernel.registry import REGISTRY
+    from twinkle.kernel.state import STATE
 
     example = load_model_file(EXAMPLE).module
-    registered = {**REGISTRY.targets("layer"), **REGISTRY.targets("function")}
+    registered = {**STATE.registry.targets("layer"), **STATE.registry.targets("function")}
     if not all(any(c.id == cid for c in registered.get(t, [])) for t, cid in BUILTIN.items()):
         register_kernels(example.CANDIDATES)  # an earlier test imported the example: its candidates were cleared
-        registered = {**REGISTRY.targets("layer"), **REGISTRY.targets("function")}
+        registered = {**STATE.registry.targets("layer"), **STATE.registry.targets("function")}
     cands = {t: next(c for c in registered[t] if c.id == cid) for t, cid in BUILTIN.items()}
     model = example.build_model().train()
     sites: dict = {}

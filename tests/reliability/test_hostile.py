@@ -31,7 +31,7 @@ from twinkle.kernel.dispatch import FunctionDispatch, LayerDispatch
 from twinkle.kernel.mode import _ALIASES, MODES
 from twinkle.kernel.profile import (Baseline, ClassRef, Decision, Environment, Profile, ProfileError, Row, Target,
                                     environment)
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 SETTINGS = settings(derandomize=True, max_examples=150, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -81,7 +81,7 @@ class Net(nn.Module):
 
 
 def registry_snapshot() -> dict[str, dict[str, list[tuple[str, Any, Any]]]]:
-    return {kind: {t: [(c.id, c.device, c.mode) for c in cands] for t, cands in REGISTRY.targets(kind).items()}
+    return {kind: {t: [(c.id, c.device, c.mode) for c in cands] for t, cands in STATE.registry.targets(kind).items()}
             for kind in ("layer", "function")}
 
 
@@ -330,8 +330,8 @@ FUNC_KEY: sig.Key = (False, None, None, (4.0,), ())
 
 def _ids() -> dict[str, str]:
     """The placeholders of ``valid_profile`` and what they stand for: the registered ids and the code identities."""
-    layer = REGISTRY.targets("layer")["HostileNorm"][0]
-    func = REGISTRY.targets("function")["twinkle_hostile_ops.sqrt"][0]
+    layer = STATE.registry.targets("layer")["HostileNorm"][0]
+    func = STATE.registry.targets("function")["twinkle_hostile_ops.sqrt"][0]
     return {"LAYER": layer.id, "FUNC": func.id, "LAYER_CODE": layer.identity("cpu", layer.load("cpu"))[0],
             "FUNC_CODE": func.identity("cpu", func.load("cpu"))[0]}
 
@@ -631,7 +631,7 @@ def test_a_schema_1_profile_is_refused_naming_the_file_and_the_version(tmp_path:
 @given(bad=bad_profiles())
 def test_bad_profiles_are_refused_and_apply_nothing(bad: tuple[Any, tuple[str, ...]]) -> None:
     """Refused as a dict naming the field; and, written to a file, naming the file and the field."""
-    if not REGISTRY.targets("layer"):
+    if not STATE.registry.targets("layer"):
         _register()
     profile, fields = bad
     profile = _fill_ids(profile, _ids())
@@ -652,7 +652,7 @@ def test_bad_profiles_are_refused_and_apply_nothing(bad: tuple[Any, tuple[str, .
 @given(cut=st.floats(0, 1, exclude_max=True), mode=st.sampled_from(["truncate", "garble", "nest", "bytes"]),
        junk=st.binary(min_size=1, max_size=8))
 def test_bad_profile_files_are_refused_and_apply_nothing(cut: float, mode: str, junk: bytes) -> None:
-    if not REGISTRY.targets("layer"):
+    if not STATE.registry.targets("layer"):
         _register()
     text = json.dumps(valid_profile(_ids()), indent=2).encode()
     n = int(cut * (len(text) - 2))  # never the whole object: at least the closing brace is gone
@@ -680,7 +680,7 @@ def test_missing_profile_file_is_refused() -> None:
 def test_garbage_winner_ids_apply_nothing(winner: str) -> None:
     """A winner that is no registered candidate (its own row says it matched) is not an error: that target keeps
     its original, with the reason."""
-    if not REGISTRY.targets("layer"):
+    if not STATE.registry.targets("layer"):
         _register()
     ids = _ids()
     if winner in (ids["LAYER"], ids["FUNC"]):

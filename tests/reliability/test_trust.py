@@ -17,7 +17,7 @@ import twinkle.kernel as tk
 from twinkle.kernel import signature as sig
 from twinkle.kernel.dispatch import FunctionDispatch
 from twinkle.kernel.profile import Baseline, ClassRef, Decision, Profile, Row, Target, environment, load_profile
-from twinkle.kernel.registry import REGISTRY
+from twinkle.kernel.state import STATE
 
 CHECKED: Counter[str] = Counter()  # trust properties checked, per kind; printed by the last test
 
@@ -64,7 +64,7 @@ def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def snapshot() -> dict[str, list[str]]:
-    return {f"{k}:{t}": [c.id for c in cands] for k in ("layer", "function") for t, cands in REGISTRY.targets(k).items()}
+    return {f"{k}:{t}": [c.id for c in cands] for k in ("layer", "function") for t, cands in STATE.registry.targets(k).items()}
 
 
 # ------------------------------------------------------------------------------------------------ config strings
@@ -207,7 +207,7 @@ def test_a_profile_never_imports(probe: str, tmp_path: Path) -> None:
 def test_a_profile_only_narrows_what_is_registered(tmp_path: Path) -> None:
     """The same kind of profile naming the registered candidate does apply it: ids select, they never add."""
     ids = tk.register_kernels({"functions": {"double": {"target_module": OPS.__name__, "func_impl": fast_double}}})
-    (cand,) = REGISTRY.targets("function")[f"{OPS.__name__}.double"]
+    (cand,) = STATE.registry.targets("function")[f"{OPS.__name__}.double"]
     code, _ = cand.identity("cpu", cand.load("cpu"))
     before = snapshot()
     tk.kernelize_model(None, device="cpu", profile=_profile(

@@ -9,7 +9,8 @@ import reprlib
 from pathlib import Path
 from typing import Any
 
-from .registry import REGISTRY, Candidate, function_candidate, layer_candidate
+from .state import STATE
+from .registry import Candidate, function_candidate, layer_candidate
 from .pools import POOL_NAMES, check_names, use_pools
 from .source import import_string
 
@@ -72,7 +73,7 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_impo
             except ValueError as exc:
                 raise ValueError(f"{where}: {_clip(str(exc))}") from exc
     ids = use_pools(*pools) if pools else []
-    REGISTRY.add(candidates)
+    STATE.registry.add(candidates)
     return ids + [c.id for c in candidates]
 
 

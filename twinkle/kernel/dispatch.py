@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .profile import SizeRange
-from .signature import Key, call_key
+from .signature import Key, call_key, covers
 
 Ranged = tuple[SizeRange, Key, Callable[..., Any]]  # a checked range, the decision's signature, its kernel
 
@@ -79,58 +79,3 @@ class FunctionDispatch:
         if fn is None and (fn := self.verdicts.miss(key)) is None:
             return self.original(*args, **kwargs)
         return fn(*args, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------ ranges
-
-
-def at_path(key: Any, path: tuple[int, ...]) -> Any:
-    """The part of ``key`` at the index path ``path`` (as ``size_positions`` gives them)."""
-    for i in path:
-        key = key[i]
-    return key
-
-
-def _replaced(key: Any, path: tuple[int, ...], value: Any) -> Any:
-    if not path:
-        return value
-    i, rest = path[0], path[1:]
-    return tuple(_replaced(v, rest, value) if j == i else v for j, v in enumerate(key))
-
-
-def covers(rng: SizeRange, base: Key, key: Key) -> bool:
-    """Whether ``key`` is ``base`` with every dimension at ``rng.positions`` set to one size in the range."""
-    try:
-        size = at_path(key, rng.positions[0])
-        if not isinstance(size, int) or not rng.low <= size <= rng.high:
-            return False
-        for path in rng.positions:
-            if at_path(key, path) != size:
-                return False
-            key = _replaced(key, path, rng.size)
-    except (IndexError, TypeError):
-        return False
-    return key == base
-
-
-def size_positions(key: Key, size: int) -> tuple[tuple[int, ...], ...]:
-    """The index paths (into ``key``) of every tensor dimension of size ``size``."""
-    out: list[tuple[int, ...]] = []
-
-    def walk(value: Any, path: tuple[int, ...]) -> None:
-        if not isinstance(value, tuple) or not value:
-            return
-        if value[0] == "T":
-            out.extend(path + (1, d) for d, n in enumerate(value[1]) if n == size)
-        elif value[0] in ("tuple", "list"):
-            for j, v in enumerate(value[1]):
-                walk(v, path + (1, j))
-        elif value[0] == "dict":
-            for j, (_, v) in enumerate(value[1]):
-                walk(v, path + (1, j, 1))
-
-    for i, a in enumerate(key[3]):
-        walk(a, (3, i))
-    for j, (_, v) in enumerate(key[4]):
-        walk(v, (4, j, 1))
-    return tuple(out)

@@ -1,40 +1,37 @@
 """Apply the chosen kernels to a model and to functions, all or nothing; undo them; report what happened.
 
-Data flow: candidates (registry) -> eligible for device and mode (selection) -> loaded and validated (source,
+Data flow: the plan (the model's targets and their eligible candidates, plan.py) -> loaded and validated (source,
 layer) -> a plan of attribute changes -> applied in one transaction -> recorded for unkernelize and the report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import logging
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MethodType, ModuleType
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import torch.nn as nn
 
 from .device import default_device, infer_device, parse_device
 from .dispatch import FunctionDispatch, LayerDispatch, Verdicts
 from .errors import KernelError
-from .layer import class_path, layer_problem, matches
+from .layer import class_path, layer_problem
 from .mode import is_train, parse_mode
-from .pools import is_pool_candidate, structure_problem
+from .plan import LayerTarget, Plan, aliases
+from .plan import plan as plan_targets
 from .profile import Profile, Target, load_profile, mismatches
-from .registry import REGISTRY, Candidate
+from .state import MISSING, STATE, set_attr
+from .registry import Candidate
 from .report import Entry, KernelReport, Verdict
-from .selection import capability_problem, eligible
+from .selection import capability_problem
 
 logger = logging.getLogger("twinkle.kernel")
 
-_MISSING = object()
-_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ class _Previous:
     the module's bound method would keep the module alive): such a method is kept as its function and bound again
     when it is put back."""
 
-    value: Any = _MISSING  # _MISSING: the module had none (its class's forward ran)
+    value: Any = MISSING  # MISSING: the module had none (its class's forward ran)
     bound: bool = False  # ``value`` is the function of a method bound to the module
 
     @classmethod
@@ -53,7 +50,7 @@ class _Previous:
         return cls(forward)
 
     def get(self, module: nn.Module) -> Any:
-        """The forward to put back on ``module`` (_MISSING: none)."""
+        """The forward to put back on ``module`` (MISSING: none)."""
         return MethodType(self.value, module) if self.bound else self.value
 
 
@@ -73,22 +70,12 @@ class _FunctionPatch:
     installed: Any = None  # what twinkle set: the kernel, or its dispatcher
 
 
-_LAYER_PATCHES: WeakKeyDictionary[nn.Module, _LayerPatch] = WeakKeyDictionary()
-_FUNCTION_PATCHES: dict[str, _FunctionPatch] = {}
-# Kernel forwards twinkle binds to modules -> a candidate id: a copy of a kernelized model (copy.deepcopy) holds them
-# bound to its own modules, with no undo record; this is how twinkle knows them as its own.
-_KERNEL_FORWARDS: WeakKeyDictionary[Any, str] = WeakKeyDictionary()
-_KERNEL_FORWARDS_STRONG: dict[Any, str] = {}  # those that take no weak reference
-_LAYER_ENTRIES: WeakKeyDictionary[nn.Module, list[Entry]] = WeakKeyDictionary()
-_FUNCTION_ENTRIES: dict[str, Entry] = {}
-
-
 # ------------------------------------------------------------------------------------------------- transaction
 
 
 @dataclass
 class _Plan:
-    """Attribute changes to make (value _MISSING deletes), and how to record them once made."""
+    """Attribute changes to make (value MISSING deletes), and how to record them once made."""
 
     sets: list[tuple[Any, str, Any]] = field(default_factory=list)
     commits: list[Callable[[], None]] = field(default_factory=list)
@@ -97,24 +84,16 @@ class _Plan:
     restored: set[str] = field(default_factory=set)  # function targets whose restore is planned
 
 
-def _set(obj: Any, attr: str, value: Any) -> None:
-    if value is _MISSING:
-        if attr in vars(obj):
-            delattr(obj, attr)
-    else:
-        setattr(obj, attr, value)
-
-
 def _apply(plan: _Plan) -> None:
     done: list[tuple[Any, str, Any]] = []
     try:
         for obj, attr, value in plan.sets:
-            old = vars(obj).get(attr, _MISSING)
-            _set(obj, attr, value)
+            old = vars(obj).get(attr, MISSING)
+            set_attr(obj, attr, value)
             done.append((obj, attr, old))
     except BaseException:
         for obj, attr, old in reversed(done):
-            _set(obj, attr, old)
+            set_attr(obj, attr, old)
         raise
     for commit in plan.commits:
         commit()
@@ -226,58 +205,21 @@ def _measured_kernel(cand: Candidate, code: str | None, commit: str | None, devi
 # ------------------------------------------------------------------------------------------------- layers
 
 
-def _plan_layers(model: nn.Module, device: str, mode: str, use_fallback: bool, profile: Profile | None,
-                 count: bool, plan: _Plan) -> None:
-    pools = {name: eligible(cands, device, mode) for name, cands in REGISTRY.targets("layer").items()}
-    class_match: dict[type, tuple[str, list[Candidate], list[str]] | None] = {}
-    groups: dict[tuple[str, type], list[tuple[str, nn.Module]]] = {}
-    for path, module in model.named_modules():
-        cls = type(module)
-        if cls not in class_match:
-            class_match[cls] = _match_class(cls, pools)
-        found = class_match[cls]
-        if found is not None:
-            groups.setdefault((found[0], cls), []).append((path, module))
-        else:
-            _plan_layer_restore(module, plan, path)  # its kernel is no longer eligible here
+def _plan_layers(the_plan: Plan, use_fallback: bool, profile: Profile | None, count: bool, plan: _Plan) -> None:
     choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]] = {}
-    for (name, cls), group in groups.items():
-        _, all_cands, class_why_not = class_match[cls]  # type: ignore[misc]
-        for cands, refused, members in _by_structure(all_cands, group):
-            why_not = [f"{cid}: {why}" for cid, why in refused.items()] + class_why_not
-            _plan_layer_group(name, cls, cands, why_not, refused, members, device, mode, use_fallback, profile,
-                              count, choice_cache, plan)
+    for target in the_plan.layers:
+        _plan_layer_group(target, the_plan.device, the_plan.mode, use_fallback, profile, count, choice_cache, plan)
+    for path, module in the_plan.others:
+        _plan_layer_restore(module, plan, path)  # its kernel is no longer eligible here
 
 
-def _by_structure(cands: list[Candidate], members: list[tuple[str, nn.Module]]
-                  ) -> list[tuple[list[Candidate], dict[str, str], list[tuple[str, nn.Module]]]]:
-    """Split ``members`` by what the built-in pools' candidates make of their structure: the modules they fit keep
-    every candidate; the others keep the user's only, and each pool candidate's id says why it left them alone
-    (pool targets match on structure as well as on name or class; user registrations on name or class alone)."""
-    pooled = [c for c in cands if is_pool_candidate(c)]
-    if not pooled:
-        return [(cands, {}, members)]
-    by_problem: dict[str | None, list[tuple[str, nn.Module]]] = {}
-    for path, module in members:
-        by_problem.setdefault(structure_problem(pooled[0].target, module), []).append((path, module))
-    out: list[tuple[list[Candidate], dict[str, str], list[tuple[str, nn.Module]]]] = []
-    for problem, subset in by_problem.items():
-        if problem is None:
-            out.append((cands, {}, subset))
-            continue
-        logger.info("layer %s: the built-in pools leave %s alone: %s", pooled[0].target,
-                    ", ".join(p or "(root)" for p, _ in subset), problem)
-        out.append(([c for c in cands if not is_pool_candidate(c)],
-                    {c.id: f"leaves these modules alone: {problem}" for c in pooled}, subset))
-    return out
-
-
-def _plan_layer_group(name: str, cls: type, cands: list[Candidate], why_not: list[str], refused: dict[str, str],
-                      members: list[tuple[str, nn.Module]], device: str, mode: str, use_fallback: bool,
-                      profile: Profile | None, count: bool,
+def _plan_layer_group(target: LayerTarget, device: str, mode: str, use_fallback: bool, profile: Profile | None,
+                      count: bool,
                       choice_cache: dict[tuple[str, type, tuple[str, ...]], tuple[Candidate | None, Any, list[str]]],
                       plan: _Plan) -> None:
-    """Plan the modules ``members`` of class ``cls``, which ``cands`` (best first) may serve for ``name``."""
+    """Plan the modules of one layer target, which its candidates (best first) may serve."""
+    name, cls, cands, members = target.name, target.module_class, list(target.candidates), list(target.modules)
+    why_not, refused = list(target.left_out), dict(target.refused)
     if not cands:  # registered for this class, but not for this device or mode (or these modules): the original
         plan.entries.append(Entry(kind="layer", target=name, status="original", device=device, mode=mode,
                                   module_class=class_path(cls), where=[p for p, _ in members],
@@ -357,21 +299,6 @@ def _plan_layer_verdicts(profile: Profile, name: str, cls: type, cands: list[Can
                           cand_id, plan, path)
 
 
-def _match_class(cls: type, pools: dict[str, tuple[list[Candidate], list[tuple[Candidate, str]]]]
-                 ) -> tuple[str, list[Candidate], list[str]] | None:
-    """The kernel_name serving ``cls``: its candidates eligible for this run (best first) and why the others are
-    not. A kernel_name with eligible candidates for the class wins over one with only ineligible ones."""
-    ineligible = None
-    for name, (ordered, left_out) in pools.items():
-        hits = [c for c in ordered if matches(cls, c)]
-        why_not = [f"{c.id}: {why}" for c, why in left_out if matches(cls, c)]
-        if hits:
-            return name, hits, why_not
-        if why_not and ineligible is None:
-            ineligible = (name, [], why_not)
-    return ineligible
-
-
 def _label(path: str | None, module: nn.Module) -> str:
     """How warnings name a module's forward."""
     where = f"{path or '(root)'} " if path is not None else ""
@@ -380,20 +307,20 @@ def _label(path: str | None, module: nn.Module) -> str:
 
 def _remember_kernel(func: Any, cand_id: str) -> None:
     try:
-        _KERNEL_FORWARDS[func] = cand_id
+        STATE.kernel_forwards[func] = cand_id
     except TypeError:  # takes no weak reference
-        _KERNEL_FORWARDS_STRONG[func] = cand_id
+        STATE.kernel_forwards_strong[func] = cand_id
 
 
 def _kernel_forward(func: Any) -> str | None:
     """The candidate id of a kernel forward twinkle binds, or None when ``func`` is not one."""
     try:
-        found = _KERNEL_FORWARDS.get(func)
+        found = STATE.kernel_forwards.get(func)
     except TypeError:
         found = None
     if found is None:
         try:
-            found = _KERNEL_FORWARDS_STRONG.get(func)
+            found = STATE.kernel_forwards_strong.get(func)
         except TypeError:  # unhashable
             return None
     return found
@@ -403,9 +330,9 @@ def _twinkle_forward(module: nn.Module) -> _LayerPatch | None:
     """What twinkle's own instance ``forward`` on ``module`` says of its patch: a dispatcher names its candidate
     and the forward it replaced; a bound kernel forward its candidate (it replaced the class's forward). None when
     the module's forward is not twinkle's."""
-    forward = vars(module).get("forward", _MISSING)
+    forward = vars(module).get("forward", MISSING)
     if isinstance(forward, LayerDispatch) and forward.module is module:
-        previous = _MISSING if forward.previous is None else forward.previous
+        previous = MISSING if forward.previous is None else forward.previous
         return _LayerPatch(getattr(forward, "candidate", None) or "", _Previous.of(module, previous))
     if isinstance(forward, MethodType) and forward.__self__ is module:
         cand_id = _kernel_forward(forward.__func__)
@@ -417,7 +344,7 @@ def _twinkle_forward(module: nn.Module) -> _LayerPatch | None:
 def _layer_patch(module: nn.Module) -> tuple[_LayerPatch | None, bool]:
     """twinkle's patch of ``module`` (its undo record, or, on a copy of a kernelized model, which has none, what
     twinkle's forward says), and whether the record is stale: the forward was replaced since twinkle set it."""
-    record = _LAYER_PATCHES.get(module)
+    record = STATE.layer_patches.get(module)
     found = _twinkle_forward(module)
     if found is None:
         return None, record is not None
@@ -431,10 +358,10 @@ def _plan_layer_patch(module: nn.Module, make: Callable[[Any], Any], cand_id: st
     record, stale = _layer_patch(module)
     if stale:
         plan.foreign.append(_label(path, module))
-    previous = record.previous if record else _Previous.of(module, vars(module).get("forward", _MISSING))
+    previous = record.previous if record else _Previous.of(module, vars(module).get("forward", MISSING))
     current = previous.get(module)
-    plan.sets.append((module, "forward", make(None if current is _MISSING else current)))
-    plan.commits.append(lambda: _LAYER_PATCHES.__setitem__(module, _LayerPatch(cand_id, previous)))
+    plan.sets.append((module, "forward", make(None if current is MISSING else current)))
+    plan.commits.append(lambda: STATE.layer_patches.__setitem__(module, _LayerPatch(cand_id, previous)))
 
 
 def _has_own_forward(module: nn.Module) -> bool:
@@ -442,7 +369,7 @@ def _has_own_forward(module: nn.Module) -> bool:
     or one someone set on it (a wrapper or a hook), not twinkle's."""
     record, stale = _layer_patch(module)
     if record is not None and not stale:
-        return record.previous.get(module) is not _MISSING
+        return record.previous.get(module) is not MISSING
     return "forward" in vars(module)
 
 
@@ -455,37 +382,20 @@ def _plan_layer_restore(module: nn.Module, plan: _Plan, path: str | None) -> Non
         return
     else:
         plan.sets.append((module, "forward", record.previous.get(module)))
-    plan.commits.append(lambda: _LAYER_PATCHES.pop(module, None))
+    plan.commits.append(lambda: STATE.layer_patches.pop(module, None))
 
 
 # ------------------------------------------------------------------------------------------------- functions
 
 
-def _aliases(module: ModuleType, func: str, original: Any) -> list[str]:
-    """Modules other than ``module`` that hold ``original`` under the name ``func`` (one name per module object:
-    ``__main__`` and its ``__mp_main__`` twin count once)."""
-    out, seen = [], {id(module)}
-    for name, mod in sorted(sys.modules.items(), key=lambda item: item[0]):
-        if mod is None or id(mod) in seen:
-            continue
-        namespace = getattr(mod, "__dict__", None)
-        if isinstance(namespace, dict) and namespace.get(func, _MISSING) is original:
-            seen.add(id(mod))
-            out.append(name)
-    return out
-
-
-def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile | None, patch_aliases: bool,
-                    count: bool, plan: _Plan, only_module: str | None = None) -> list[str]:
+def _plan_functions(the_plan: Plan, use_fallback: bool, profile: Profile | None, patch_aliases: bool,
+                    count: bool, plan: _Plan) -> list[str]:
     """Plan the function patches; returns the targets that get a kernel."""
     applied = []
-    for target, cands in REGISTRY.targets("function").items():
-        module_name, func = cands[0].module, cands[0].func
-        assert module_name is not None and func is not None
-        if only_module is not None and module_name != only_module:
-            continue
-        ordered, left_out = eligible(cands, device, mode)
-        why_not = [f"{c.id}: {why}" for c, why in left_out]
+    device, mode = the_plan.device, the_plan.mode
+    for found_target in the_plan.functions:
+        target, module_name, func = found_target.name, found_target.module, found_target.func
+        ordered, why_not = list(found_target.candidates), list(found_target.left_out)
         entry = Entry(kind="function", target=target, status="original", device=device, mode=mode, where=[target])
         plan.entries.append(entry)
         if not ordered:  # registered, but not for this device or mode: the original serves this run
@@ -498,19 +408,19 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
             _function_refused(entry, f"module {module_name} cannot be imported ({type(exc).__name__}: {exc})",
                               use_fallback)
             continue
-        record = _FUNCTION_PATCHES.get(target)
-        if record is not None and vars(module).get(func, _MISSING) is not record.installed:
+        record = STATE.function_patches.get(target)
+        if record is not None and vars(module).get(func, MISSING) is not record.installed:
             _plan_function_restore(target, plan)  # patched over since: theirs is the original now
             record = None
-        original = record.original if record else vars(module).get(func, _MISSING)
-        if original is _MISSING:
+        original = record.original if record else vars(module).get(func, MISSING)
+        if original is MISSING:
             _function_refused(entry, f"module {module_name} has no attribute {func!r}; twinkle.kernel patches "
                                      "existing functions and never creates one", use_fallback)
             continue
         # Aliases: modules holding the original, and those an earlier call patched (they hold the kernel now, unless
         # someone replaced it since). Never search for the kernel itself: its own repo module holds it too.
         patched = _own_aliases(record, plan)
-        entry.aliases = sorted(set(_aliases(module, func, original)) | set(patched))
+        entry.aliases = sorted(set(aliases(module, func, original)) | set(patched))
         if profile is not None:
             found = profile.target("function", target)
             if found is None:
@@ -547,7 +457,7 @@ def _plan_functions(device: str, mode: str, use_fallback: bool, profile: Profile
         alias_mods = entry.aliases if patch_aliases else []
         plan.sets.extend(_function_sets(module, func, kernel, original, alias_mods, patched))
         patch = _FunctionPatch(module_name, func, original, cand_id, alias_mods, kernel)
-        plan.commits.append(lambda target=target, patch=patch: _FUNCTION_PATCHES.__setitem__(target, patch))
+        plan.commits.append(lambda target=target, patch=patch: STATE.function_patches.__setitem__(target, patch))
         applied.append(target)
     return applied
 
@@ -567,7 +477,7 @@ def _holds(name: str, func: str, value: Any) -> bool | None:
     mod = sys.modules.get(name)
     if mod is None:
         return None
-    return getattr(mod, "__dict__", {}).get(func, _MISSING) is value
+    return getattr(mod, "__dict__", {}).get(func, MISSING) is value
 
 
 def _own_aliases(record: _FunctionPatch | None, plan: _Plan) -> list[str]:
@@ -583,7 +493,7 @@ def _own_aliases(record: _FunctionPatch | None, plan: _Plan) -> list[str]:
 def _plan_function_restore(target: str, plan: _Plan) -> None:
     """Plan putting back the original of ``target`` and of its patched aliases; those replaced since by someone
     else stay."""
-    record = _FUNCTION_PATCHES.get(target)
+    record = STATE.function_patches.get(target)
     if record is None or target in plan.restored:
         return
     plan.restored.add(target)
@@ -597,7 +507,7 @@ def _plan_function_restore(target: str, plan: _Plan) -> None:
         mod = sys.modules.get(name)
         if mod is not None:
             plan.sets.append((mod, record.func, record.original))
-    plan.commits.append(lambda: _FUNCTION_PATCHES.pop(target, None))
+    plan.commits.append(lambda: STATE.function_patches.pop(target, None))
 
 
 def _function_refused(entry: Entry, cause: str, use_fallback: bool) -> None:
@@ -634,20 +544,19 @@ def _resolve_profile(profile: Any, device: str, mode: str, model: nn.Module | No
 
 def _run(model: nn.Module | None, device: str, mode: str, use_fallback: bool, profile: Any, patch_aliases: bool,
          only_module: str | None = None, functions: bool = True, count: bool = False) -> tuple[KernelReport, list[str]]:
-    with _LOCK:
+    with STATE.lock:
         prof = _resolve_profile(profile, device, mode, model, use_fallback)
         plan = _Plan()
-        if model is not None:
-            _plan_layers(model, device, mode, use_fallback, prof, count, plan)
-        applied = _plan_functions(device, mode, use_fallback, prof, patch_aliases, count, plan, only_module) \
-            if functions else []
+        the_plan = plan_targets(model, device, mode, only_module=only_module)
+        _plan_layers(the_plan, use_fallback, prof, count, plan)
+        applied = _plan_functions(the_plan, use_fallback, prof, patch_aliases, count, plan) if functions else []
         _apply(plan)
         layer_entries = [e for e in plan.entries if e.kind == "layer"]
         if model is not None:
-            _LAYER_ENTRIES[model] = layer_entries
+            STATE.layer_entries[model] = layer_entries
         for e in plan.entries:
             if e.kind == "function":
-                _FUNCTION_ENTRIES[e.target] = e
+                STATE.function_entries[e.target] = e
         for e in plan.entries:
             if e.status == "applied":
                 logger.info("%s %s: using %s", e.kind, e.target, e.candidate)
@@ -706,64 +615,36 @@ def apply_function_kernel(*, target_module: str | ModuleType | None = None, devi
 def unkernelize(model: nn.Module | None = None) -> nn.Module | None:
     """Restore exactly the layers patched in ``model`` (in every model when None; a copy of a kernelized model too),
     and every patched function. A forward or function someone replaced after twinkle patched it stays theirs."""
-    with _LOCK:
+    with STATE.lock:
         plan = _Plan()
         if model is not None:
             for path, module in model.named_modules():
                 _plan_layer_restore(module, plan, path)
         else:
-            for module in list(_LAYER_PATCHES.keys()):
+            for module in list(STATE.layer_patches.keys()):
                 _plan_layer_restore(module, plan, None)
-        for target in list(_FUNCTION_PATCHES):
+        for target in list(STATE.function_patches):
             _plan_function_restore(target, plan)
         _apply(plan)
         if model is not None:
-            _LAYER_ENTRIES.pop(model, None)
+            STATE.layer_entries.pop(model, None)
         else:
-            _LAYER_ENTRIES.clear()
-        _FUNCTION_ENTRIES.clear()
+            STATE.layer_entries.clear()
+        STATE.function_entries.clear()
     return model
 
 
-@contextlib.contextmanager
-def patches_kept(model: nn.Module) -> Iterator[None]:
-    """Inside the block twinkle's patches may be undone and redone freely (the tuner needs the originals while it
-    measures); afterwards every function patch, and every patch on ``model``'s modules, is as it was before,
-    with the records that undo them and what ``kernel_report`` says."""
-    with _LOCK:
-        functions = dict(_FUNCTION_PATCHES)
-        function_entries = dict(_FUNCTION_ENTRIES)
-        values = [(mod, rec.func, vars(mod).get(rec.func, _MISSING)) for rec in functions.values()
-                  for name in [rec.module, *rec.aliases] if (mod := sys.modules.get(name)) is not None]
-        modules = list(model.modules())
-        layers = {m: _LAYER_PATCHES[m] for m in modules if m in _LAYER_PATCHES}
-        forwards = [(m, vars(m).get("forward", _MISSING)) for m in modules]
-        layer_entries = _LAYER_ENTRIES.get(model)
-    try:
-        yield
-    finally:
-        with _LOCK:
-            for mod, func, value in values:
-                _set(mod, func, value)
-            _FUNCTION_PATCHES.clear()
-            _FUNCTION_PATCHES.update(functions)
-            _FUNCTION_ENTRIES.clear()
-            _FUNCTION_ENTRIES.update(function_entries)
-            for m, forward in forwards:
-                _set(m, "forward", forward)
-                _LAYER_PATCHES.pop(m, None)
-            _LAYER_PATCHES.update(layers)
-            if layer_entries is not None:
-                _LAYER_ENTRIES[model] = layer_entries
-            else:
-                _LAYER_ENTRIES.pop(model, None)
+def reset() -> None:
+    """Undo every patch twinkle made and forget every registration, record and cached kernel: a clean start."""
+    unkernelize()
+    STATE.forget()
 
 
 def kernel_report(model: nn.Module | None = None) -> KernelReport:
     """What the last kernelize did for ``model`` (every live model when None), and for functions."""
-    with _LOCK:
+    with STATE.lock:
         if model is not None:
-            layer_entries = list(_LAYER_ENTRIES.get(model, []))
+            layer_entries = list(STATE.layer_entries.get(model, []))
         else:
-            layer_entries = [e for entries in list(_LAYER_ENTRIES.values()) for e in entries]
-        return KernelReport(layer_entries + list(_FUNCTION_ENTRIES.values()))
+            layer_entries = [e for entries in list(STATE.layer_entries.values()) for e in entries]
+        return KernelReport(layer_entries + list(STATE.function_entries.values()))

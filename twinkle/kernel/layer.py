@@ -22,8 +22,9 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def matches(cls: type, cand: Candidate) -> bool:
-    """Whether ``cand`` (a layer candidate) applies to modules of class ``cls``."""
+def serves(cand: Candidate, cls: type) -> bool:
+    """Whether ``cand`` (a layer candidate) serves modules of class ``cls``: by ``kernel_layer_name``, by name
+    (ignoring case), or listed in its ``targets``."""
     name = cand.target
     if getattr(cls, "kernel_layer_name", None) == name or cls.__name__.lower() == name.lower():
         return True

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-import itertools
 import logging
 import re
-import threading
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal
 
 from .device import parse_device
 from .mode import is_compile, parse_mode
+from .state import STATE
 from .source import (HubSource, ImplSource, LoadError, LocalSource, RepoSource, Source, find_function, find_layer,
                      import_string, is_lambda)
 
@@ -90,52 +89,19 @@ class Candidate:
         return f"{self.id} [device={self.device or 'any'}, mode={self.mode or 'any'}]"
 
 
-_INSTANCES: dict[type, Any] = {}
-_INSTANCES_LOCK = threading.Lock()
-
-
 def _instance(cls: type) -> Any:
-    """A repo's class is instantiated once."""
-    with _INSTANCES_LOCK:
-        if cls not in _INSTANCES:
-            try:
-                _INSTANCES[cls] = cls()
-            except Exception as exc:
-                raise LoadError(f"{cls.__qualname__}() raised {type(exc).__name__}: {exc}") from exc
-            if not callable(_INSTANCES[cls]):
-                del _INSTANCES[cls]
-                raise LoadError(f"{cls.__qualname__} instances are not callable: define __call__ or forward")
-        return _INSTANCES[cls]
+    """A repo's class is instantiated once per process."""
 
+    def make() -> Any:
+        try:
+            instance = cls()
+        except Exception as exc:
+            raise LoadError(f"{cls.__qualname__}() raised {type(exc).__name__}: {exc}") from exc
+        if not callable(instance):
+            raise LoadError(f"{cls.__qualname__} instances are not callable: define __call__ or forward")
+        return instance
 
-class Registry:
-    """Thread-safe store of candidates per target, in registration order."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._by_target: dict[tuple[Kind, str], list[Candidate]] = {}
-        self._seq = itertools.count()
-
-    def add(self, candidates: list[Candidate]) -> None:
-        """Add candidates at once; one with the same id, device and mode as an earlier one replaces it."""
-        with self._lock:
-            for cand in candidates:
-                cand = replace(cand, seq=next(self._seq))
-                pool = self._by_target.setdefault((cand.kind, cand.target), [])
-                pool[:] = [c for c in pool if (c.id, c.device, c.mode) != (cand.id, cand.device, cand.mode)]
-                pool.append(cand)
-
-    def targets(self, kind: Kind) -> dict[str, list[Candidate]]:
-        """A snapshot: target name -> its candidates, oldest first."""
-        with self._lock:
-            return {t: list(c) for (k, t), c in self._by_target.items() if k == kind}
-
-    def clear(self) -> None:
-        with self._lock:
-            self._by_target.clear()
-
-
-REGISTRY = Registry()
+    return STATE.cached("repo instances", cls, make)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -295,3 +261,43 @@ def function_candidate(func_name: Any, target_module: Any, *, func_impl: Any = N
                      lambda: ImplSource(obj=_callable(func_impl, "func_impl", where)))
     return Candidate(kind="function", target=f"{target_module}.{func_name}", source=source, name=func_name,
                      device=dev, mode=md, module=target_module, func=func_name)
+
+
+# ---------------------------------------------------------------------------------------------------- registering
+
+
+def register_layer_kernel(kernel_name: str, *, repo_id: str | None = None, repo_path: Any = None, repo: Any = None,
+                          layer_impl: Any = None, layer_name: str | None = None, package_name: str | None = None,
+                          version: int | str | None = None, revision: str | None = None, device: str | None = None,
+                          mode: str | None = None, targets: Any = None,
+                          trust_remote_code: bool | list[str] = False) -> str:
+    """Register a candidate layer kernel for ``kernel_name``; return its candidate id.
+
+    It applies to module classes declaring ``kernel_layer_name == kernel_name``, listed in ``targets`` (classes or
+    dotted paths), or named ``kernel_name`` ignoring case. One source: ``repo_id`` (Hub; ``version=`` or
+    ``revision=``), ``repo_path`` (local repo; ``package_name=`` for a plain package), ``repo`` (``load()``
+    returns the layer class) or ``layer_impl`` (the class). ``layer_name`` defaults to ``kernel_name``.
+    """
+    cand = layer_candidate(kernel_name, repo_id=repo_id, repo_path=repo_path, repo=repo, layer_impl=layer_impl,
+                           layer_name=layer_name, package_name=package_name, version=version, revision=revision,
+                           device=device, mode=mode, targets=targets, trust_remote_code=trust_remote_code)
+    STATE.registry.add([cand])
+    return cand.id
+
+
+def register_function_kernel(func_name: str, target_module: str | ModuleType, *, func_impl: Any = None,
+                             repo: Any = None, repo_id: str | None = None, repo_path: Any = None,
+                             package_name: str | None = None, version: int | str | None = None,
+                             revision: str | None = None, device: str | None = None, mode: str | None = None,
+                             trust_remote_code: bool | list[str] = False) -> str:
+    """Register a candidate kernel for ``target_module.func_name``; return its candidate id.
+
+    Exactly one source: ``func_impl`` (a callable or ``"pkg.mod:attr"``), ``repo`` (an object whose ``load()``
+    returns a callable class), ``repo_id`` (a Hub kernel repo, with ``version=`` or ``revision=``) or
+    ``repo_path`` (a local kernel repo). ``device``/``mode`` None serve any device/mode.
+    """
+    cand = function_candidate(func_name, target_module, func_impl=func_impl, repo=repo, repo_id=repo_id,
+                              repo_path=repo_path, package_name=package_name, version=version, revision=revision,
+                              device=device, mode=mode, trust_remote_code=trust_remote_code)
+    STATE.registry.add([cand])
+    return cand.id

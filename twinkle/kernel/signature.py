@@ -20,6 +20,8 @@ _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "npu")
 _SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64", "int32": "i32",
           "bool": "bool", "uint8": "u8", "int8": "i8"}
 
+__all__ = ["Key", "call_key", "to_json", "from_json", "text", "describe", "at_path", "covers", "size_positions"]
+
 Key = tuple[Any, ...]
 
 
@@ -177,3 +179,59 @@ def describe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return {"type": type(value).__qualname__}
+
+
+# ------------------------------------------------------------------------------------------------ size ranges
+
+
+def at_path(key: Any, path: tuple[int, ...]) -> Any:
+    """The part of ``key`` at the index path ``path`` (as ``size_positions`` gives them)."""
+    for i in path:
+        key = key[i]
+    return key
+
+
+def _replaced(key: Any, path: tuple[int, ...], value: Any) -> Any:
+    if not path:
+        return value
+    i, rest = path[0], path[1:]
+    return tuple(_replaced(v, rest, value) if j == i else v for j, v in enumerate(key))
+
+
+def covers(rng: Any, base: Key, key: Key) -> bool:
+    """Whether ``key`` is ``base`` with every dimension at ``rng.positions`` set to one size in the range (``rng``:
+    a ``profile.SizeRange``)."""
+    try:
+        size = at_path(key, rng.positions[0])
+        if not isinstance(size, int) or not rng.low <= size <= rng.high:
+            return False
+        for path in rng.positions:
+            if at_path(key, path) != size:
+                return False
+            key = _replaced(key, path, rng.size)
+    except (IndexError, TypeError):
+        return False
+    return key == base
+
+
+def size_positions(key: Key, size: int) -> tuple[tuple[int, ...], ...]:
+    """The index paths (into ``key``) of every tensor dimension of size ``size``."""
+    out: list[tuple[int, ...]] = []
+
+    def walk(value: Any, path: tuple[int, ...]) -> None:
+        if not isinstance(value, tuple) or not value:
+            return
+        if value[0] == "T":
+            out.extend(path + (1, d) for d, n in enumerate(value[1]) if n == size)
+        elif value[0] in ("tuple", "list"):
+            for j, v in enumerate(value[1]):
+                walk(v, path + (1, j))
+        elif value[0] == "dict":
+            for j, (_, v) in enumerate(value[1]):
+                walk(v, path + (1, j, 1))
+
+    for i, a in enumerate(key[3]):
+        walk(a, (3, i))
+    for j, (_, v) in enumerate(key[4]):
+        walk(v, (4, j, 1))
+    return tuple(out)

@@ -11,13 +11,13 @@ import inspect
 import logging
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from .device import kernels_backend
+from .state import STATE
 
 logger = logging.getLogger("twinkle.kernel")
 
@@ -26,15 +26,9 @@ class LoadError(Exception):
     """A kernel could not be loaded; the message says why, in the user's terms."""
 
 
-_CACHE: dict[tuple[str, str], Any] = {}
-_CACHE_LOCK = threading.RLock()
-
-
 def _cached(key: tuple[str, str], load: Any) -> Any:
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = load()
-        return _CACHE[key]
+    """What ``load()`` returns, loaded once per source and device."""
+    return STATE.cached("loads", key, load)
 
 
 def object_id(obj: Any) -> str:
@@ -203,16 +197,13 @@ class HubSource(Source):
                 errors.append(f"{label}: {type(exc).__name__}: {exc}")
                 continue
             if not self.pin:
-                _RESOLVED[self.id] = label
+                STATE.cache("resolved")[self.id] = label
             logger.debug("loaded %s (%s) for %s", self.repo_id, label, device)
             return module
         raise LoadError(f"{self.repo_id} cannot be loaded for {device}: " + "; ".join(errors))
 
     def resolved(self) -> str | None:
-        return _RESOLVED.get(self.id)
-
-
-_RESOLVED: dict[str, str] = {}
+        return STATE.cache("resolved").get(self.id)
 
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the ``twinkle`` package

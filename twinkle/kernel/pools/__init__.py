@@ -20,12 +20,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..device import parse_device
 from ..mode import parse_mode
+from ..registry import function_candidate, layer_candidate, register_function_kernel, register_layer_kernel
+from ..state import STATE
 from .targets import TARGETS, Pool
 
 logger = logging.getLogger("twinkle.kernel")
@@ -39,8 +40,6 @@ _MODULES = {"torch": "native", "liger": "liger", "compiled": "compiled", "triton
 # device and mode rank), so without a tuning profile: liger, then triton (cuda); torch, then compiled (any device).
 ALL_ORDER = ("compiled", "torch", "triton", "liger")
 
-_MEMBERS: dict[str, list[tuple[str, str, str]]] = {}  # pool -> (kind, target, candidate id) registered
-_MEMBERS_LOCK = threading.Lock()
 
 
 def get_pool(name: str) -> Pool:
@@ -120,8 +119,6 @@ def use_pools(*names: str | Iterable[str], device: str | None = None, mode: str 
     Pools are registered in the order named; among candidates of the same device and mode rank the registry tries
     the last registered first.
     """
-    from .. import register_function_kernel, register_layer_kernel
-
     picked = check_names(names)
     if not picked:
         raise ValueError(f"use_pools: name at least one pool: {', '.join(POOL_NAMES)}, or 'all'")
@@ -172,8 +169,8 @@ def use_pools(*names: str | Iterable[str], device: str | None = None, mode: str 
             else:
                 cand_id = register_function_kernel(kwargs.pop("func_name"), kwargs.pop("target_module"), **kwargs)
             ids.append(cand_id)
-            with _MEMBERS_LOCK:
-                members = _MEMBERS.setdefault(name, [])
+            with STATE.lock:
+                members = STATE.pool_members.setdefault(name, [])
                 if (kind, target, cand_id) not in members:
                     members.append((kind, target, cand_id))
         logger.info("use_pools: pool %r registered %d candidates", name, len(plan))
@@ -183,13 +180,11 @@ def use_pools(*names: str | Iterable[str], device: str | None = None, mode: str 
 def pool_members() -> dict[str, list[str]]:
     """Pool name -> the candidate ids that ``use_pools`` registered for it in this process and that are still
     registered (each id once; one id may serve several targets, e.g. one rotary kernel for four modules)."""
-    from ..registry import REGISTRY
-
     present = {(kind, target): {c.id for c in cands}
-               for kind in ("layer", "function") for target, cands in REGISTRY.targets(kind).items()}  # type: ignore[arg-type]
+               for kind in ("layer", "function") for target, cands in STATE.registry.targets(kind).items()}  # type: ignore[arg-type]
     out: dict[str, list[str]] = {}
-    with _MEMBERS_LOCK:
-        for pool, members in _MEMBERS.items():
+    with STATE.lock:
+        for pool, members in STATE.pool_members.items():
             ids = [cid for kind, target, cid in members if cid in present.get((kind, target), ())]
             if ids:
                 out[pool] = list(dict.fromkeys(ids))
@@ -200,8 +195,8 @@ def is_pool_candidate(cand: Any) -> bool:
     """Whether ``cand`` (a registry candidate) is a layer candidate that ``use_pools`` registered for its target."""
     if cand.kind != "layer":
         return False
-    with _MEMBERS_LOCK:
-        return any(("layer", cand.target, cand.id) in members for members in _MEMBERS.values())
+    with STATE.lock:
+        return any(("layer", cand.target, cand.id) in members for members in STATE.pool_members.values())
 
 
 def structure_problem(target: str, module: Any) -> str | None:
@@ -216,7 +211,7 @@ def structure_problem(target: str, module: Any) -> str | None:
 def describe_pools() -> list[dict[str, Any]]:
     """Every pool as data, for docs: its summary, device, requirements, and per target the candidate id and what it
     applies to. Registers nothing, imports no optional dependency."""
-    from ..registry import function_candidate, layer_candidate
+
 
     out = []
     for name in POOL_NAMES:

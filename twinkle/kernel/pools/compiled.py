@@ -18,26 +18,25 @@ original to the outer compilation. The whole-model ``CausalLM`` target is left o
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..plan import original_of
+from ..state import STATE
 from .targets import TARGETS, Pool
+
+COMPILED_CACHE = "compiled pool"  # (original, backend) -> its compiled version, None: compiling failed
 
 logger = logging.getLogger("twinkle.kernel")
 
 BACKEND_ENV = "TWINKLE_COMPILE_BACKEND"
 DEFAULT_BACKEND = "inductor"
 
-_COMPILED: dict[tuple[Any, str], Callable[..., Any] | None] = {}  # (original, backend) -> compiled, None: failed
-_LOCK = threading.Lock()
-_MISSING = object()
 
 
 def backend() -> str:
@@ -51,25 +50,21 @@ def _name(fn: Any) -> str:
 
 def _compiled(original: Callable[..., Any], which: str) -> Callable[..., Any] | None:
     """``torch.compile(original)`` for the backend ``which``, made once; None when it cannot be made."""
-    key = (original, which)
-    found = _COMPILED.get(key, _MISSING)
-    if found is not _MISSING:
-        return found  # type: ignore[return-value]
-    with _LOCK:
-        if key not in _COMPILED:
-            try:
-                _COMPILED[key] = torch.compile(original, backend=which)
-            except Exception as exc:  # an unknown backend, say
-                logger.warning("compiled pool: torch.compile(%s, backend=%r) failed (%s: %s); the original runs "
-                               "instead (set %s to another backend)", _name(original), which, type(exc).__name__,
-                               exc, BACKEND_ENV)
-                _COMPILED[key] = None
-        return _COMPILED[key]
+    def make() -> Callable[..., Any] | None:
+        try:
+            return torch.compile(original, backend=which)
+        except Exception as exc:  # an unknown backend, say
+            logger.warning("compiled pool: torch.compile(%s, backend=%r) failed (%s: %s); the original runs "
+                           "instead (set %s to another backend)", _name(original), which, type(exc).__name__,
+                           exc, BACKEND_ENV)
+            return None
+
+    return STATE.cached(COMPILED_CACHE, (original, which), make)
 
 
 def _failed(original: Callable[..., Any], which: str, exc: BaseException) -> None:
-    with _LOCK:
-        _COMPILED[(original, which)] = None
+    with STATE.cache_lock:
+        STATE.cache(COMPILED_CACHE)[(original, which)] = None
     logger.warning("compiled pool: compiling %s with backend %r failed (%s: %s); the original runs from now on "
                    "(inductor on a CPU needs a C++ compiler; %s=aot_eager avoids code generation)", _name(original),
                    which, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", BACKEND_ENV)
@@ -120,11 +115,7 @@ for _target in LAYER_TARGETS:  # RMSNorm, SwiGLUMLP: importable, so their ids ar
 
 def original_function(module_name: str, func: str) -> Callable[..., Any]:
     """The function ``module_name.func`` as it was before twinkle patched it."""
-    from ..kernelize import _FUNCTION_PATCHES
-
-    module = importlib.import_module(module_name)
-    record = _FUNCTION_PATCHES.get(f"{module_name}.{func}")
-    original = record.original if record is not None else getattr(module, func)
+    original = original_of(f"{module_name}.{func}")
     if getattr(type(original), "compiled_target", None) is not None:
         raise TypeError(f"{module_name}.{func} holds a compiled-pool kernel, not an original")
     return original
@@ -150,16 +141,13 @@ class FunctionRepo:
         })
 
 
-_REPOS: dict[str, FunctionRepo] = {}
-
-
 def function_repo(path: str) -> dict[str, Any]:
-    """Source keywords for the function target ``path``: a repo object whose class is named after the target."""
-    with _LOCK:
-        if path not in _REPOS:
-            cls = type(path, (FunctionRepo,), {"__module__": __name__, "__qualname__": path, "target": path})
-            _REPOS[path] = cls()
-        return {"repo": _REPOS[path]}
+    """Source keywords for the function target ``path``: a repo object whose class is named after the target
+    (one per target and process, so that registering the pool twice registers the same candidate)."""
+    def make() -> FunctionRepo:
+        return type(path, (FunctionRepo,), {"__module__": __name__, "__qualname__": path, "target": path})()
+
+    return {"repo": STATE.cached("compiled pool repos", path, make)}
 
 
 POOL = Pool(

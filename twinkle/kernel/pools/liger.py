@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import threading
+import functools
 from typing import Any
 
 import torch
@@ -80,16 +80,10 @@ rotary_pos_emb.overwrites_inputs = True  # type: ignore[attr-defined]
 
 # ---------------------------------------------------------------------------------------- fused linear cross-entropy
 
-_SIGNATURES: dict[Any, inspect.Signature] = {}
-_SIGNATURES_LOCK = threading.Lock()
-
-
+@functools.lru_cache(maxsize=256)
 def _signature(forward: Any) -> inspect.Signature:
     """The original forward's signature (through its decorators), read once per function."""
-    with _SIGNATURES_LOCK:
-        if forward not in _SIGNATURES:
-            _SIGNATURES[forward] = inspect.signature(forward)
-        return _SIGNATURES[forward]
+    return inspect.signature(forward)
 
 
 def _fused_loss(module: nn.Module, hidden_states: torch.Tensor, labels: torch.Tensor,
