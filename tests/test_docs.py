@@ -67,7 +67,8 @@ def test_python_blocks_run_as_written(doc: Path, tmp_path: Path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "tests" / "fixtures"), str(ROOT)]))
     result = subprocess.run([sys.executable, str(runner)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
-    assert result.returncode == 0, f"{_name(doc)}: a python block failed\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (f"{_name(doc)}: a python block failed\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-6000:]}")
 
 
 # ------------------------------------------------------------------------------------------------ bash blocks
@@ -128,7 +129,8 @@ def test_shell_blocks_name_real_files_and_parse(doc: Path, line: int, code: str)
 def test_readme_starts_with_the_two_commands():
     """Set up and tune the embedded example; run the tests (the shell check above parses and finds them)."""
     first = commands(blocks(ROOT / "README.md", "bash")[0][1])
-    assert [w[:2] for w in first] == [["bash", "scripts/setup"], [".venv/bin/twinkle-tune", "examples/tiny_llama/model.py"],
+    assert [w[:2] for w in first] == [["bash", "scripts/setup"],
+                                      [".venv/bin/twinkle-tune", "examples/tiny_llama/model.py"],
                                       ["bash", "scripts/test"]]
 
 
