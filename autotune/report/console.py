@@ -8,7 +8,7 @@ from rich.text import Text
 
 from twinkle.kernel.profile import Profile
 
-from . import text
+from . import cells
 from .rows import DecisionRows, EndToEnd, TuningReport, build
 
 MODULES = 4  # module paths shown per decision before "+N more"
@@ -52,7 +52,7 @@ def _heading(d: DecisionRows) -> Text:
         head.append(f"\n{d.module_class}", style="dim")
     head.append(f"\n{d.signature}{d.sets_text}", style="cyan")
     if d.size_range is not None:
-        head.append(f"\n{text.size_range(d)}", style="cyan")
+        head.append(f"\n{cells.size_range(d)}", style="cyan")
     if d.modules:
         more = f", … (+{len(d.modules) - MODULES} more)" if len(d.modules) > MODULES else ""
         head.append(f"\nmodules: {', '.join(d.modules[:MODULES])}{more}", style="dim")
@@ -65,9 +65,9 @@ def _decisions_table(report: TuningReport) -> Table:
                    ("Target / candidate", "left"), ("Median ± spread\nSpeedup [95% CI]", "right"), ("Match", "left"))
     for d in report.decisions:
         table.add_row(_heading(d), Text(""), Text(""))
-        rows = text.cells(d, ERROR_LIMIT)
+        rows = cells.cells(d, ERROR_LIMIT)
         for i, c in enumerate(rows):
-            label = Text(c.label, style="bold green" if c.kind in text.RUNS_AFTER else "dim" if c.original else "")
+            label = Text(c.label, style="bold green" if c.kind in cells.RUNS_AFTER else "dim" if c.original else "")
             if c.verdict:
                 label.append("\n" + c.verdict, style=_VERDICT_STYLES.get(c.kind, "dim"))
             speed = f"{c.speed} (reference)" if c.original and c.speed != "—" else c.speed
@@ -85,7 +85,7 @@ def _print_end_to_end(e: EndToEnd, console: Console) -> None:
     else:
         table = _table(f"{e.heading} (one model step)", ("", "left"), ("Median ± spread", "right"),
                        ("Speedup [95% CI]", "right"), ("Peak memory", "right"))
-        for key, label, time, speed, memory in text.combination_cells(e.combinations):
+        for key, label, time, speed, memory in cells.combination_cells(e.combinations):
             style = "bold green" if key == "tuned" else ""
             table.add_row(Text(label, style=style), Text(time), Text(speed, style=style), Text(memory))
         console.print(table)
@@ -94,7 +94,7 @@ def _print_end_to_end(e: EndToEnd, console: Console) -> None:
     if e.pareto:
         table = _table("Pareto front (latency vs peak memory)", ("Trial", "right"), ("Median", "right"),
                        ("Peak memory", "right"), ("Choices", "left"))
-        for (_, number, time, _, memory), point in zip(text.combination_cells(e.pareto), e.pareto):
+        for (_, number, time, _, memory), point in zip(cells.combination_cells(e.pareto), e.pareto):
             choices = "\n".join(f"{k} = {'original' if v is None else v}" for k, v in point.choices) or "—"
             table.add_row(Text(number), Text(time), Text(memory), Text(choices))
         console.print(table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import text
+from . import cells
 from .rows import ORIGINAL, DecisionRows, EndToEnd, TuningReport
 
 ERROR_LIMIT = 300  # characters of an error message shown
@@ -68,7 +68,7 @@ def _end_to_end(e: EndToEnd) -> list[str]:
     if e.combinations:
         out += ["| | median ± spread | speedup [95% CI] | peak memory |", "|---|---:|---:|---:|"]
         out += [_row(f"**{label}**" if key == "tuned" else label, plain(time), plain(speed), plain(memory))
-                for key, label, time, speed, memory in text.combination_cells(e.combinations)]
+                for key, label, time, speed, memory in cells.combination_cells(e.combinations)]
         out.append("")
     else:
         out.append("Not measured.\n")
@@ -77,7 +77,7 @@ def _end_to_end(e: EndToEnd) -> list[str]:
     if e.pareto:
         out += ["### Pareto front (latency vs peak memory)\n", "| trial | median | peak memory | choices |",
                 "|---:|---:|---:|---|"]
-        for (_, number, time, _, memory), point in zip(text.combination_cells(e.pareto), e.pareto):
+        for (_, number, time, _, memory), point in zip(cells.combination_cells(e.pareto), e.pareto):
             choices = "<br>".join(f"{code(k)} = {'original' if v is None else code(v)}" for k, v in point.choices)
             out.append(_row(plain(number), plain(time), plain(memory), choices or "—"))
         out.append("")
@@ -89,13 +89,13 @@ def _decision(d: DecisionRows) -> list[str]:
     head = [f"**{code(d.target)}** ({plain(d.kind)})"] + ([code(d.module_class)] if d.module_class else [])
     head.append(code(d.signature) + (f" {plain(d.sets_text)}" if d.sets_text else ""))
     if d.size_range is not None:
-        head.append(plain(text.size_range(d)))
+        head.append(plain(cells.size_range(d)))
     if d.modules:
         head.append("modules: " + ", ".join(code(m) for m in d.modules))
     out = []
-    for i, c in enumerate(text.cells(d, ERROR_LIMIT)):
+    for i, c in enumerate(cells.cells(d, ERROR_LIMIT)):
         label, verdict = ORIGINAL if c.original else code(c.label), plain(c.verdict)
-        if c.kind in text.RUNS_AFTER:
+        if c.kind in cells.RUNS_AFTER:
             label, verdict = f"**★ {label}**", f"**{verdict}**"
         out.append(_row("<br>".join(head) if i == 0 else "", plain(d.calls) if i == 0 else "", label, plain(c.time),
                         plain(c.speed), plain(c.bandwidth or "—"), plain(c.match), verdict))

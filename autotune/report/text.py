@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .rows import Combination, DecisionRows
+from typing import Any
 
 Unit = tuple[str, float]  # (name, factor from ms)
-RUNS_AFTER = ("winner", "kept")  # verdict kinds of the row that runs after tuning at its signature
 
 
 def num(x: Any) -> float | None:
@@ -87,50 +83,3 @@ def short(text: Any, limit: int) -> str:
 def plural(n: int, word: str) -> str:
     """``word`` with an ``s`` unless ``n`` is 1."""
     return word if n == 1 else word + "s"
-
-
-def size_range(d: DecisionRows) -> str:
-    """``sizes 16..2048 (measured at 64; checked 16, 256, 2048)``; ``""`` without a range."""
-    r = d.size_range
-    if r is None:
-        return ""
-    return f"sizes {r.low}..{r.high} (measured at {r.size}; checked {', '.join(map(str, r.checked))})"
-
-
-class Cells(NamedTuple):
-    """One row of a decision as the console and markdown show it."""
-
-    label: str
-    time: str
-    speed: str
-    match: str
-    bandwidth: str
-    verdict: str
-    kind: str
-    original: bool
-
-
-def cells(d: DecisionRows, error_limit: int) -> list[Cells]:
-    """The cells of each row of ``d`` (the original first), times in one unit, errors cut to ``error_limit``."""
-    in_unit = unit(r.median_ms for r in d.rows)
-    out = []
-    for r in d.rows:
-        if r.original:
-            match = "(ref)"
-        elif not r.compared:
-            match = "—"
-        else:
-            err = num(r.max_abs_err)
-            size = "" if err is None else f"{err:.2g}" if math.isfinite(err) else str(err)
-            match = " ".join(filter(None, ("✓" if r.matches else "✗", size)))
-        out.append(Cells(r.candidate, time(r.median_ms, r.spread, in_unit), speedup(r.speedup, r.speedup_ci), match,
-                         bandwidth(r.bandwidth_gbps, r.roofline_pct), r.verdict.text(error_limit), r.verdict.kind,
-                         r.original))
-    return out
-
-
-def combination_cells(combinations: tuple[Combination, ...]) -> list[tuple[str, str, str, str, str]]:
-    """(name, label, median ± spread, speedup, peak memory) per combination timed end to end, in one unit."""
-    in_unit = unit(c.median_ms for c in combinations)
-    return [(c.name, c.label, time(c.median_ms, c.spread, in_unit), speedup(c.speedup, c.speedup_ci),
-             memory(c.peak_mem_mb)) for c in combinations]

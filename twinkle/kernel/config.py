@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .state import STATE
+from .files import require_file
 from .registry import Candidate, function_candidate, layer_candidate
 from .pools import POOL_NAMES, check_names, use_pools
 from .source import import_string
@@ -134,12 +135,7 @@ class ConfigFileNotFoundError(FileNotFoundError, ValueError):
 def _read(path: Path) -> Any:
     """The config in the YAML or JSON file ``path``; a ValueError naming it when it is missing, too large (over
     ``MAX_FILE_BYTES``), alias-heavy YAML (over ``MAX_YAML_NODES`` nodes expanded) or does not parse."""
-    try:
-        found = path.is_file()
-    except OSError as exc:  # e.g. a name too long for the file system
-        raise ValueError(f"kernel config {path} cannot be read: {exc}") from exc
-    if not found:
-        raise ConfigFileNotFoundError(f"kernel config {path} does not exist")
+    require_file(path, "kernel config", ValueError, ConfigFileNotFoundError)
     too_large = (f"kernel config {path} is larger than {MAX_FILE_BYTES} bytes and is refused unread; a kernel config "
                  "is a few KiB: check that it is the right file")
     try:

@@ -24,7 +24,7 @@ from .layer import class_path, layer_problem
 from .mode import is_train, parse_mode
 from .plan import LayerTarget, Plan, aliases
 from .plan import plan as plan_targets
-from .profile import Profile, Target, load_profile, mismatches
+from .profile import Profile, Target, load_profile, differences
 from .state import MISSING, STATE, set_attr
 from .registry import Candidate
 from .report import Entry, KernelReport, Verdict
@@ -527,7 +527,7 @@ def _resolve_profile(profile: Any, device: str, mode: str, model: nn.Module | No
     if profile is None:
         return None
     loaded = load_profile(profile)
-    diff = mismatches(loaded, device, mode, type(model) if model is not None else None)
+    diff = differences(loaded, device, mode, type(model) if model is not None else None)
     if diff:
         cause = f"profile {loaded.origin} was measured elsewhere ({'; '.join(diff)}); its verdicts do not hold here"
         if not use_fallback:

@@ -21,8 +21,13 @@ from typing import Any
 
 from . import signature as sig
 from .device import DEVICES
+from .files import require_file
 from .identity import class_file_digest
 from .mode import MODES
+
+__all__ = ["Profile", "Target", "Decision", "Row", "Baseline", "SizeRange", "ClassRef", "Environment", "ProfileError",
+           "ProfileNotFoundError", "load_profile", "save_profile", "parse", "environment", "differences",
+           "write_atomic", "write_text_atomic", "write_json_atomic", "SCHEMA", "SCHEMA_VERSION"]
 
 SCHEMA = "twinkle-kernel/profile"
 SCHEMA_VERSION = 2
@@ -228,12 +233,7 @@ def load_profile(profile: str | os.PathLike[str] | dict[str, Any] | Profile) -> 
     if not isinstance(profile, (str, os.PathLike)):
         raise TypeError(f"profile must be a path, a dict or a Profile, got {type(profile).__name__}")
     path = Path(profile)
-    try:
-        found = path.is_file()
-    except OSError as exc:  # e.g. a name too long for the file system
-        raise ProfileError(f"profile {path} cannot be read: {exc}") from exc
-    if not found:
-        raise ProfileNotFoundError(f"profile {path} does not exist; run `twinkle-tune` to create it")
+    require_file(path, "profile", ProfileError, ProfileNotFoundError, "; run `twinkle-tune` to create it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, too many digits
@@ -521,7 +521,7 @@ def environment(device: str) -> Environment:
                        twinkle=TWINKLE_VERSION, kernels=version("kernels"), triton=version("triton"))
 
 
-def mismatches(profile: Profile, device: str, mode: str, model_class: type | None) -> list[str]:
+def differences(profile: Profile, device: str, mode: str, model_class: type | None) -> list[str]:
     """How this run differs from where the profile was measured (empty when it does not)."""
     out = []
     if profile.mode != mode:

@@ -8,6 +8,9 @@ from typing import Any, Literal
 Status = Literal["applied", "original", "not tuned"]
 
 
+__all__ = ["KernelReport", "Entry", "Verdict"]
+
+
 @dataclass
 class Verdict:
     """What runs at one measured call signature of a target: a kernel, or (``kernel`` None) the original."""
