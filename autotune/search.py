@@ -66,7 +66,7 @@ def _covers(other: list[float], values: list[float]) -> bool:
     return all(a <= b for a, b in zip(other, values))
 
 
-def pick(values: dict[int, list[float]], min_gain: float) -> int | None:
+def best_trial(values: dict[int, list[float]], min_gain: float) -> int | None:
     """The trial number to keep, from each complete trial's objective values (see the module docstring)."""
     if not values:
         return None
@@ -96,7 +96,7 @@ def study_name(name: str | None, space: dict[str, list[str | None]]) -> str:
 
 
 def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space: dict[str, list[str | None]],
-        first: Choices, s: TuneSettings, report: Progress, enqueue: dict[str, Choices] | None = None) -> Found:
+        first: Choices, s: TuneSettings, progress: Progress, enqueue: dict[str, Choices] | None = None) -> Found:
     """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best.
 
     ``first`` is tried first, then each combination of ``enqueue`` (label -> choices, e.g. a pool's all-in
@@ -132,7 +132,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
         logger.info("resuming study %s: %d trials done, %d to go", study.study_name, len(done), remaining)
     distributions = {k: optuna.distributions.CategoricalDistribution(options) for k, options in space.items()}
     seeded, stale, walked_from, stopped = len(labels), 0, None, False
-    report("search", 0, remaining)
+    progress("search", 0, remaining)
     for n in range(remaining):  # ask, evaluate, tell: the loop is ours, the sampler only proposes
         trial = study.ask(distributions)
         choices = {k: trial.params[k] for k in space}
@@ -149,7 +149,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
             trial.set_user_attr(key, value)
         values = {"latency": [relative], "memory": [mem], "both": [relative, mem]}[s.objective]
         study.tell(trial, values)
-        report("search", n + 1, remaining)
+        progress("search", n + 1, remaining)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) >= seeded:  # the seeds are done: walk one-target moves from each new pick
             walked_from = _walk(study, complete, space, walked_from, s.min_gain)
@@ -173,7 +173,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
                "peak_mem_mb": t.user_attrs.get("peak_mem_mb")} for t in complete]
     if not complete:
         return Found(trials, None, stopped_early=stopped)
-    best = pick({t.number: list(t.values) for t in complete}, s.min_gain)
+    best = best_trial({t.number: list(t.values) for t in complete}, s.min_gain)
     chosen = dict(next(t for t in complete if t.number == best).params)
     if len(directions) == 1:
         return Found(trials, chosen, stopped_early=stopped)
@@ -187,7 +187,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
 
 def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[str], input_set: str,
                env: Environment, device: str, mode: str, timer: Timer, s: TuneSettings,
-               report: Progress) -> dict[str, Any]:
+               progress: Progress) -> dict[str, Any]:
     """On one input set: search combinations of its decisions, time baseline, per-target pick and search pick
     interleaved, and choose. Decisions in ``decided`` (settled on an earlier set) keep their winners."""
     # The model's inputs as given, kept aside: a kernel that overwrites its inputs may write into them.
@@ -229,7 +229,7 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
         started = time.perf_counter()
-        found = run(lambda choices: run_trial({**choices, **settled}), space, per_target, s, report,
+        found = run(lambda choices: run_trial({**choices, **settled}), space, per_target, s, progress,
                            pool_combinations(space, pool_members()))
         summary["search_s"] = time.perf_counter() - started
         summary["trials"] = found.trials
@@ -240,7 +240,7 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
         if best is not None and all(best != c for c in combos.values()):
             combos["search"] = best
 
-    report("end-to-end", 0, 1)
+    progress("end-to-end", 0, 1)
     contenders = {name: Contender(whole, setup=lambda c=choices: apply(c)) for name, choices in combos.items()}
     try:
         timings = timer.compare(contenders, s.time_limit_s)
@@ -250,7 +250,7 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
             mems[name] = timer.peak_memory_mb(whole) if not isinstance(timings.get(name), str) else None
     finally:
         unkernelize(model)
-    report("end-to-end", 1, 1)
+    progress("end-to-end", 1, 1)
     if isinstance(timings["baseline"], str):
         raise TuneError(f"the model step raised with the original code: {timings['baseline']}")
     results = {}
@@ -334,7 +334,7 @@ def pool_combinations(space: dict[str, list[str | None]], pools: dict[str, list[
 def _walk(study: Any, complete: list[Any], space: dict[str, list[str | None]], walked_from: int | None,
           min_gain: float) -> int | None:
     """Queue the one-target moves from the current pick, once per pick; returns the pick walked from."""
-    best = pick({t.number: list(t.values) for t in complete}, min_gain)
+    best = best_trial({t.number: list(t.values) for t in complete}, min_gain)
     if best is None or best == walked_from:
         return walked_from
     tried = [t.system_attrs.get("fixed_params") or t.params for t in study.trials]  # run, or queued

@@ -101,7 +101,7 @@ def _no_trace(model: nn.Module) -> Iterator[None]:
         caller.restore()
 
 
-def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: str, mode: str, report: Progress,
+def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: str, mode: str, progress: Progress,
           model_name: str | None) -> Profile:
     tol = tolerances(s.tolerances)
     tdev = torch_device(device)
@@ -120,11 +120,11 @@ def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: s
     if not targets:
         raise TuneError(f"no registered candidate kernel serves this model on device {device} in mode {mode}")
     started = time.perf_counter()
-    report("capture", 0, len(steps))
+    progress("capture", 0, len(steps))
     index: dict[Any, Site] = {}
     for i, (name, step) in enumerate(steps.items()):
         capture(model, step, targets, name, index)
-        report("capture", i + 1, len(steps))
+        progress("capture", i + 1, len(steps))
     sites = list(index.values())
     captured = time.perf_counter()
     if not sites:
@@ -139,9 +139,9 @@ def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: s
     drafts: list[Draft] = []
     copy_gbps = None if is_train(mode) else copy_bandwidth_gbps(tdev, COPY_BYTES if device != "cpu" else 2**25)
     for site in sites:
-        original, per_cand = measure_site(site, device, mode, timer, tol, s, lambda: report("measure", done, total))
+        original, per_cand = measure_site(site, device, mode, timer, tol, s, lambda: progress("measure", done, total))
         done += 1 + len(per_cand)
-        report("measure", done, total)
+        progress("measure", done, total)
         found = decision(site, original, per_cand, s, copy_gbps)
         if found.winner is not None and s.sweep:
             found = dataclasses.replace(found, range=winner_range(site, found.winner, device, mode, timer, tol, s))
@@ -156,7 +156,7 @@ def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: s
     search_s = 0.0
     for name, step in steps.items():
         mine = [d for d in drafts if name in d.decision.sets]
-        summaries[name] = end_to_end(model, step, mine, decided, name, env, device, mode, timer, s, report)
+        summaries[name] = end_to_end(model, step, mine, decided, name, env, device, mode, timer, s, progress)
         search_s += summaries[name].pop("search_s", 0.0)
         decided.update(d.key for d in mine)
     zero_grads(list(model.parameters()))  # train modes: leave no gradients of the tuning runs behind

@@ -10,7 +10,7 @@ import pytest
 
 from autotune import TuneError, autotune
 from autotune.measure import Timing
-from autotune.search import improves, neighbours, pick, run
+from autotune.search import best_trial as pick, improves, neighbours, run
 from autotune.settings import TuneSettings
 
 SPACE = {"norm": [None, "impl:a", "impl:b", "impl:c"], "rope": [None, "impl:x", "impl:y", "impl:z"],

@@ -110,7 +110,7 @@ class _Failure(Exception):
     """A candidate failed to load or validate while use_fallback=False."""
 
 
-def _choose(target: str, cands: list[Candidate], device: str, mode: str, use_fallback: bool,
+def _first_usable(target: str, cands: list[Candidate], device: str, mode: str, use_fallback: bool,
             check: Callable[[Any], str | None]) -> tuple[Candidate | None, Any, list[str]]:
     """The first candidate that loads, suits the mode and passes ``check``; the reasons the others did not."""
     reasons: list[str] = []
@@ -233,7 +233,7 @@ def _plan_layer_group(target: LayerTarget, device: str, mode: str, use_fallback:
         return
     key = (name, cls, tuple(c.id for c in cands))
     if key not in choice_cache:
-        choice_cache[key] = _choose(name, cands, device, mode, use_fallback,
+        choice_cache[key] = _first_usable(name, cands, device, mode, use_fallback,
                                     lambda layer, cls=cls: layer_problem(layer, cls))
     cand, layer, reasons = choice_cache[key]
     entry = Entry(kind="layer", target=name, status="applied" if cand else "original", device=device, mode=mode,
@@ -440,7 +440,7 @@ def _plan_functions(the_plan: Plan, use_fallback: bool, profile: Profile | None,
             kernel: Any = FunctionDispatch(original, verdicts)
             entry.dispatch = verdicts
         else:
-            cand, kernel, reasons = _choose(target, ordered, device, mode, use_fallback, lambda k: None)
+            cand, kernel, reasons = _first_usable(target, ordered, device, mode, use_fallback, lambda k: None)
             entry.reasons = reasons + why_not
             if cand is None:
                 if not use_fallback:
