@@ -10,7 +10,6 @@ from typing import NamedTuple
 from . import text
 from .rows import Combination, DecisionRows
 
-RUNS_AFTER = ("winner", "kept")  # verdict kinds of the row that runs after tuning at its signature
 
 
 def size_range(d: DecisionRows) -> str:

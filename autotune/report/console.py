@@ -9,7 +9,7 @@ from rich.text import Text
 from twinkle.kernel.profile import Profile
 
 from . import cells
-from .rows import DecisionRows, EndToEnd, TuningReport, build
+from .rows import RUNS_AFTER, DecisionRows, EndToEnd, TuningReport, build
 
 MODULES = 4  # module paths shown per decision before "+N more"
 ERROR_LIMIT = 70  # characters of an error message shown
@@ -67,7 +67,7 @@ def _decisions_table(report: TuningReport) -> Table:
         table.add_row(_heading(d), Text(""), Text(""))
         rows = cells.cells(d, ERROR_LIMIT)
         for i, c in enumerate(rows):
-            label = Text(c.label, style="bold green" if c.kind in cells.RUNS_AFTER else "dim" if c.original else "")
+            label = Text(c.label, style="bold green" if c.kind in RUNS_AFTER else "dim" if c.original else "")
             if c.verdict:
                 label.append("\n" + c.verdict, style=_VERDICT_STYLES.get(c.kind, "dim"))
             speed = f"{c.speed} (reference)" if c.original and c.speed != "—" else c.speed

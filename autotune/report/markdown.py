@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import cells
-from .rows import ORIGINAL, DecisionRows, EndToEnd, TuningReport
+from .rows import ORIGINAL, RUNS_AFTER, DecisionRows, EndToEnd, TuningReport
 
 ERROR_LIMIT = 300  # characters of an error message shown
 
@@ -95,7 +95,7 @@ def _decision(d: DecisionRows) -> list[str]:
     out = []
     for i, c in enumerate(cells.cells(d, ERROR_LIMIT)):
         label, verdict = ORIGINAL if c.original else code(c.label), plain(c.verdict)
-        if c.kind in cells.RUNS_AFTER:
+        if c.kind in RUNS_AFTER:
             label, verdict = f"**★ {label}**", f"**{verdict}**"
         out.append(_row("<br>".join(head) if i == 0 else "", plain(d.calls) if i == 0 else "", label, plain(c.time),
                         plain(c.speed), plain(c.bandwidth or "—"), plain(c.match), verdict))

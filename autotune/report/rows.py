@@ -24,6 +24,8 @@ _CHOSEN = {"baseline": "baseline: the original code everywhere (nothing beat it 
            "search": "search: the combination found by the end-to-end search"}
 
 
+RUNS_AFTER = ("winner", "kept")  # verdict kinds of the row that runs after tuning at its signature
+
 @dataclass(frozen=True)
 class Verdict:
     """A row's verdict. ``kind``: winner or kept (what runs after tuning), failed, mismatch, slower, not significant,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from twinkle.kernel.profile import Profile
 
 from .rows import CandidateRow, DecisionRows, build
-from .text import RUNS_AFTER
+from .rows import RUNS_AFTER
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
