@@ -98,7 +98,7 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 def _layer(name: str) -> type[nn.Module]:
     return kernel_layer(name, __name__, _forward,
-                        f"torch.compile of the original forward of every {name} target class (a stateless kernel layer).")
+                        f"torch.compile of the original forward of every {name} target class (a kernel layer).")
 
 
 LAYER_TARGETS = tuple(t.name for t in TARGETS.values() if t.kind == "layer" and t.name != "CausalLM")
@@ -156,4 +156,5 @@ POOL = Pool(
     layers={name: {"layer_impl": globals()[name]} for name in LAYER_TARGETS},
     functions={t.name: function_repo for t in TARGETS.values() if t.kind == "function" and t.paths},
     notes="Not for `CausalLM`: compiling the whole model is torch.compile's own job.",
+    order=10,
 )

@@ -78,4 +78,5 @@ POOL = Pool(
         "apply_rotary_pos_emb": {"func_impl": rotary_pos_emb},
     },
     notes="With `labels`, the `CausalLM` kernel returns `logits=None`: the point is never to materialise them.",
+    order=40,
 )

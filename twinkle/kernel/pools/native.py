@@ -44,4 +44,5 @@ POOL = Pool(
     functions={
         "apply_rotary_pos_emb": {"func_impl": rotary_stacked},
     },
+    order=20,
 )
