@@ -12,7 +12,7 @@ from typing import Any
 from .state import STATE
 from .files import require_file
 from .registry import Candidate, function_candidate, layer_candidate
-from .pools import POOL_NAMES, check_names, use_pools
+from .pools import check_names, pool_names, use_pools
 from .source import import_string
 
 _LAYER_KEYS = {"repo_id", "repo_path", "repo", "layer_impl", "layer_name", "package_name", "version", "revision",
@@ -33,8 +33,8 @@ def register_kernels(config: dict[str, Any] | str | os.PathLike[str], allow_impo
 
     ``config`` is ``{"layers": {kernel_name: {...}}, "functions": {name: {...}}, "pools": [...]}`` or a path to such
     a YAML or JSON file. Callables (func_impl, layer_impl, repo) may be ``"pkg.mod:attr"`` strings. ``pools`` names
-    built-in pools (``[torch, liger]``, or ``all``), registered as ``use_pools`` does, before the config's own
-    kernels (which are therefore tried first). Everything is validated before anything is registered; the caller's
+    pools (``[torch, liger]``, or ``all``), registered as ``use_pools`` does, before the config's own kernels
+    (which are therefore tried first). Everything is validated before anything is registered; the caller's
     dict is never changed. With ``allow_imports=False`` (configs from elsewhere) every ``"pkg.mod:attr"`` string is
     refused with a ValueError naming its field, before anything is imported or registered.
     """
@@ -120,7 +120,7 @@ def _pools_entry(pools: Any, origin: str) -> list[str]:
     if isinstance(pools, str):
         pools = [pools]
     if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
-        raise TypeError(f"{origin}: 'pools' must be a list of pool names ({', '.join(POOL_NAMES)}, all), "
+        raise TypeError(f"{origin}: 'pools' must be a list of pool names ({', '.join(pool_names())}, all), "
                         f"got {_brief(pools)}")
     try:
         return check_names(pools)

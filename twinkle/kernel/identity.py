@@ -4,7 +4,8 @@
 - a local repo: a hash of the files of the variant it loaded (sources and binaries, never ``__pycache__``);
 - an implementation or a repo object: the version of the installed distribution that provides it, or a hash of
   its source file where none does (code in MODEL_PY, an editable checkout), with the versions of the installed
-  distributions that file imports (a pool's adapter and the library it calls: liger-kernel, triton);
+  distributions that file imports (a pool's module and the library it calls: liger-kernel, triton); and the same
+  of the module its code is written in, where that is another (a shared adapter's forward);
 - plus the triton version wherever the code uses Triton.
 """
 
@@ -69,14 +70,35 @@ def _folder_digest(folder: str) -> tuple[str, bool]:
 
 
 def _object_identity(obj: Any) -> str:
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    """The identity of the module ``obj`` names as its own, and of the module its code is written in where that
+    differs (a pool's candidate made by a shared adapter: named in the pool's module, its forward in adapters.py)."""
+    named = getattr(obj, "__module__", "") or ""
+    text = _module_identity(named, getattr(obj, "__qualname__", obj))
+    written = _written_in(obj)
+    if written is not None and written != named:
+        text += f"; its code: {_module_identity(written, written)}"
+    return text
+
+
+def _written_in(obj: Any) -> str | None:
+    """The module whose globals the code of ``obj`` (a function, or a class's ``forward`` / ``__call__``) runs in."""
+    code = obj
+    if inspect.isclass(obj):
+        code = vars(obj).get("forward") or vars(obj).get("__call__")
+    namespace = getattr(code, "__globals__", None)
+    name = namespace.get("__name__") if isinstance(namespace, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _module_identity(module_name: str, what: Any) -> str:
+    module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None) if module is not None else None
     dist = _distribution(module.__name__, file) if module is not None and file else None
     if dist is not None:
         name, version, uses_triton = dist
         return f"{name} {version}" + (_triton() if uses_triton else "")
     if not file:
-        return f"unknown (no source file for {getattr(obj, '__qualname__', obj)})"
+        return f"unknown (no source file for {what})"
     data = Path(file).read_bytes()
     uses = _imported_distributions(data)
     return (f"file {Path(file).name} sha256:{hashlib.sha256(data).hexdigest()[:16]}"

@@ -1,7 +1,7 @@
-"""Built-in candidate pools, registered with one call: ``use_pools("torch", "liger")``.
+"""Candidate pools, registered with one call: ``use_pools("torch", "liger")``.
 
-A pool is data (:class:`~twinkle.kernel.pools.targets.Pool`): per target of the targets table
-(:data:`~twinkle.kernel.pools.targets.TARGETS`), where its candidate comes from. ``use_pools`` registers them
+A pool is a named table of targets and candidates from one kernel library (:class:`~.targets.Pool`): per target
+of the targets table (:data:`~.targets.TARGETS`), where its candidate comes from. ``use_pools`` registers them
 through the public ``register_layer_kernel`` / ``register_function_kernel``, so they behave like any registration
 (device and mode selection, fallback, tuning, profiles). Nothing is loaded or imported from transformers, Liger or
 Triton when registering.
@@ -12,41 +12,43 @@ Triton when registering.
 - ``compiled``: ``torch.compile`` of each original layer forward and function; any device.
 - ``triton``: twinkle's own Triton kernel repo (``triton_kernels/``); cuda; needs triton.
 
-``"all"`` names the four. See docs/pools.md (generated from :func:`describe_pools`).
+Installed distributions add pools through the entry-point group ``twinkle.pools`` (see discover.py); shared
+adapters for their kernels are in adapters.py. ``"all"`` names every pool, in the order of ``Pool.order``. See
+docs/pools.md (its tables generated from :func:`describe_pools`).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from ..device import parse_device
 from ..mode import parse_mode
-from ..registry import function_candidate, layer_candidate, register_function_kernel, register_layer_kernel
+from ..registry import register_function_kernel, register_layer_kernel
 from ..state import STATE
-from .targets import TARGETS, Pool
+from . import adapters
+from .discover import GROUP, BUILTIN_POOLS, Broken, Registration, candidate, entries, load, pool_names, registrations
+from .targets import TARGETS, Pool, Target
 
 logger = logging.getLogger("twinkle.kernel")
 
-__all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "check_names", "POOL_NAMES",
-           "is_pool_candidate", "structure_problem"]
+__all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "check_names", "get_pool", "pool_names",
+           "POOL_NAMES", "GROUP", "Pool", "Target", "TARGETS", "adapters", "is_pool_candidate", "structure_problem"]
 
-POOL_NAMES = ("torch", "liger", "compiled", "triton")
-_MODULES = {"torch": "native", "liger": "liger", "compiled": "compiled", "triton": "triton"}
-# "all" registers in this order. The registry tries the last registered first (among candidates of the same
-# device and mode rank), so without a tuning profile: liger, then triton (cuda); torch, then compiled (any device).
-ALL_ORDER = ("compiled", "torch", "triton", "liger")
-
+POOL_NAMES = tuple(BUILTIN_POOLS)  # the built-in pools; pool_names() adds those installed distributions offer
 
 
 def get_pool(name: str) -> Pool:
-    """The pool ``name`` (its module is imported now; that imports no optional dependency)."""
-    if name not in _MODULES:
-        raise ValueError(f"unknown pool {name!r}; valid pools: {', '.join(POOL_NAMES)} (or 'all')")
-    pool: Pool = importlib.import_module(f"{__name__}.{_MODULES[name]}").POOL
+    """The pool ``name`` (its module is imported now; that imports no optional dependency of a built-in pool). An
+    unknown name is a ValueError; a pool that cannot be loaded or checked, an ImportError saying why."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in entries():
+        raise ValueError(f"unknown pool {name!r}; valid pools: {', '.join(pool_names())} (or 'all')")
+    pool = load(key)
+    if isinstance(pool, Broken):
+        raise ImportError(f"pool {key!r}: {pool.why}") from pool.cause
     return pool
 
 
@@ -70,58 +72,47 @@ def check_names(names: Iterable[Any]) -> list[str]:
             raise TypeError(f"use_pools: pool names are strings, got {name!r}")
         key = name.strip().lower()
         if key == "all":
-            out += [n for n in ALL_ORDER if n not in out]
-        elif key in _MODULES:
+            out += [n for n in _all_order() if n not in out]
+        elif key in entries():
             if key not in out:
                 out.append(key)
         else:
-            raise ValueError(f"use_pools: unknown pool {name!r}; valid pools: {', '.join(POOL_NAMES)}, or 'all'")
+            raise ValueError(f"use_pools: unknown pool {name!r}; valid pools: {', '.join(pool_names())}, or 'all'")
     return out
+
+
+def _all_order() -> list[str]:
+    """Every pool, by ``Pool.order`` (built-in before outside, then by name, where equal; a broken pool as 50)."""
+    names = pool_names()
+
+    def key(name: str) -> tuple[int, bool, str]:
+        pool = load(name)
+        return (pool.order if isinstance(pool, Pool) else Pool.order, not entries()[name].builtin, name)
+
+    return sorted(names, key=key)
 
 
 def _top_package(path: str) -> str:
     return path.split(".", 1)[0]
 
 
-def _plan(pool: Pool, device: str | None, mode: str | None,
-          available: Callable[[str], bool]) -> list[tuple[str, str, dict[str, Any]]]:
-    """The registrations of ``pool``: (kind, target, keywords of register_layer_kernel / register_function_kernel).
-
-    Target paths under a package that is not installed are left out; a layer target left with no class is still
-    registered when its name matches classes by name.
-    """
-    where = {"device": device if device is not None else pool.device, "mode": mode}
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for name, spec in pool.layers.items():
-        target = TARGETS[name]
-        paths = [p for p in target.paths if available(p)]
-        if paths or target.by_name:
-            out.append(("layer", name, {"kernel_name": name, **spec, "targets": paths or None, **where}))
-    for name, spec in pool.functions.items():
-        for path in TARGETS[name].paths:
-            if available(path):
-                module, _, func = path.rpartition(".")
-                source = spec(path) if callable(spec) else spec
-                out.append(("function", path, {"func_name": func, "target_module": module, **source, **where}))
-    return out
-
-
 def use_pools(*names: str | Iterable[str], device: str | None = None, mode: str | None = None,
               strict: bool = False) -> list[str]:
-    """Register the built-in candidate pools ``names`` ("torch", "liger", "compiled", "triton", or "all"); return
-    the candidate ids registered, in order.
+    """Register the candidate pools ``names`` ("torch", "liger", "compiled", "triton", a pool an installed
+    distribution offers, or "all"); return the candidate ids registered, in order.
 
     ``device`` / ``mode`` limit every registration to that device / mode (default: each pool's own device, every
     mode); a pool that has no candidate for ``device`` registers nothing. A pool whose optional dependency is not
     installed (liger-kernel, triton) is skipped with one warning saying what to install, and targets in a package
     that is not installed (transformers) are left out with one warning; ``strict=True`` raises ``ImportError``
-    instead, before anything is registered. An unknown name is a ``ValueError`` naming the valid ones.
-    Pools are registered in the order named; among candidates of the same device and mode rank the registry tries
-    the last registered first.
+    instead, before anything is registered. So is an outside pool that cannot be loaded or checked: skipped with
+    one warning naming its entry point and distribution, or under ``strict=True`` an ``ImportError`` from the cause.
+    An unknown name is a ``ValueError`` naming the valid ones. Pools are registered in the order named ("all": by
+    ``Pool.order``); among candidates of the same device and mode rank the registry tries the last registered first.
     """
     picked = check_names(names)
     if not picked:
-        raise ValueError(f"use_pools: name at least one pool: {', '.join(POOL_NAMES)}, or 'all'")
+        raise ValueError(f"use_pools: name at least one pool: {', '.join(pool_names())}, or 'all'")
     dev = parse_device(device, "use_pools: device") if device is not None else None
     md = parse_mode(mode, "use_pools: mode") if mode is not None else None
     found: dict[str, bool] = {}
@@ -132,36 +123,41 @@ def use_pools(*names: str | Iterable[str], device: str | None = None, mode: str 
         return found[module]
 
     problems: list[str] = []
-    plans: list[tuple[str, list[tuple[str, str, dict[str, Any]]]]] = []
+    causes: list[BaseException] = []
+
+    def problem(text: str) -> None:  # strict: raised below, before anything is registered
+        problems.append(text)
+        if not strict:
+            logger.warning("use_pools: %s", text)
+
+    plans: list[tuple[str, Pool, list[Registration]]] = []
     for name in picked:
-        pool = get_pool(name)
+        pool = load(name)
+        if isinstance(pool, Broken):
+            problem(f"pool {name!r} skipped: {pool.why}")
+            causes += [pool.cause] if pool.cause is not None else []
+            continue
         if dev is not None and pool.device is not None and pool.device != dev:
             logger.info("use_pools: pool %r has candidates for %s only, none for %s", name, pool.device, dev)
             continue
         missing = [pip for module, pip in pool.requires if not installed(module)]
         if missing:
-            problem = (f"pool {name!r} skipped: it needs {' and '.join(missing)}, not installed here "
-                       f"(pip install {' '.join(missing)})")
-            problems.append(problem)
-            if not strict:
-                logger.warning("use_pools: %s", problem)
+            problem(f"pool {name!r} skipped: it needs {' and '.join(missing)}, not installed here "
+                    f"(pip install {' '.join(missing)})")
             continue
-        plans.append((name, _plan(pool, dev, md, lambda path: True)))
-    paths = {p for _, plan in plans for kind, target, kw in plan
+        plans.append((name, pool, registrations(pool, dev, md)))
+    paths = {p for _, _, plan in plans for kind, target, kw in plan
              for p in ([target] if kind == "function" else kw.get("targets") or ())}
     absent = sorted({_top_package(p) for p in paths if not installed(_top_package(p))})
     if absent:
-        problem = (f"{' and '.join(absent)} not installed: the pools' targets in it are left out (pip install "
-                   f"{' '.join(absent)}); layers matched by class name (RMSNorm) are kept")
-        problems.append(problem)
-        if not strict:
-            logger.warning("use_pools: %s", problem)
-        plans = [(name, _plan(get_pool(name), dev, md, lambda path: installed(_top_package(path))))
-                 for name, _ in plans]
+        problem(f"{' and '.join(absent)} not installed: the pools' targets in it are left out (pip install "
+                f"{' '.join(absent)}); layers matched by class name (RMSNorm) are kept")
+        plans = [(name, pool, registrations(pool, dev, md, lambda path: installed(_top_package(path))))
+                 for name, pool, _ in plans]
     if strict and problems:
-        raise ImportError("use_pools(strict=True): " + "; ".join(problems))
+        raise ImportError("use_pools(strict=True): " + "; ".join(problems)) from (causes[0] if causes else None)
     ids: list[str] = []
-    for name, plan in plans:
+    for name, _, plan in plans:
         for kind, target, kwargs in plan:
             if kind == "layer":
                 kernel_name = kwargs.pop("kernel_name")
@@ -200,7 +196,7 @@ def is_pool_candidate(cand: Any) -> bool:
 
 
 def structure_problem(target: str, module: Any) -> str | None:
-    """Why the built-in pools' candidates for the layer target ``target`` leave ``module`` alone (it matched by name
+    """Why the pools' candidates for the layer target ``target`` leave ``module`` alone (it matched by name
     or class, but has not the target's structure), or None when it fits. User registrations are never checked."""
     found = TARGETS.get(target)
     if found is None or found.fits is None:
@@ -208,36 +204,32 @@ def structure_problem(target: str, module: Any) -> str | None:
     return found.fits(module)
 
 
-def describe_pools() -> list[dict[str, Any]]:
-    """Every pool as data, for docs: its summary, device, requirements, and per target the candidate id and what it
-    applies to. Registers nothing, imports no optional dependency."""
-
-
+def describe_pools(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The pools ``names`` (default: every pool, as :func:`pool_names`) as data, for docs: where each comes from,
+    its summary, device, requirements, order, and per target the candidate id and what it applies to. Registers
+    nothing, imports no optional dependency; a pool that cannot be loaded is left out with one warning."""
     out = []
-    for name in POOL_NAMES:
-        pool = get_pool(name)
+    for name in check_names(pool_names() if names is None else names):
+        pool = load(name)
+        if isinstance(pool, Broken):
+            logger.warning("describe_pools: pool %r left out: %s", name, pool.why)
+            continue
         candidates = []
-        for kind, target, kwargs in _plan(pool, None, None, lambda path: True):
-            kw = dict(kwargs)
-            if kind == "layer":
-                cand = layer_candidate(kw.pop("kernel_name"), **kw)
-                applies = list(TARGETS[target].paths)
-            else:
-                cand = function_candidate(kw.pop("func_name"), kw.pop("target_module"), **kw)
-                applies = [target]
-            candidates.append({"kind": kind, "target": target, "id": cand.id, "applies_to": applies,
-                               "by_name": kind == "layer" and TARGETS[target].by_name})
+        for kind, target, kwargs in registrations(pool):
+            applies = list(TARGETS[target].paths) if kind == "layer" else [target]
+            candidates.append({"kind": kind, "target": target, "id": candidate(kind, kwargs).id,
+                               "applies_to": applies, "by_name": kind == "layer" and TARGETS[target].by_name})
         offered = [t for t in list(pool.layers) + list(pool.functions) if not TARGETS[t].paths
                    and not TARGETS[t].by_name]
-        out.append({"name": name, "summary": pool.summary, "device": pool.device,
-                    "requires": [pip for _, pip in pool.requires], "notes": pool.notes,
+        out.append({"name": name, "origin": entries()[name].origin, "summary": pool.summary, "device": pool.device,
+                    "requires": [pip for _, pip in pool.requires], "order": pool.order, "notes": pool.notes,
                     "candidates": candidates, "without_targets": offered})
     return out
 
 
-def pools_markdown() -> str:
-    """The tables of docs/pools.md, generated from :data:`TARGETS` and :func:`describe_pools`."""
-    pools = describe_pools()
+def pools_markdown(names: Iterable[str] | None = None) -> str:
+    """The tables of docs/pools.md, generated from :data:`TARGETS` and :func:`describe_pools` (``names``: as there)."""
+    pools = describe_pools(names)
     lines = ["| pool | device | needs | what |", "|---|---|---|---|"]
     for p in pools:
         lines.append(f"| `{p['name']}` | {p['device'] or 'any'} | {', '.join(p['requires']) or '-'} | "

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..plan import original_of
 from ..state import STATE
+from .adapters import kernel_layer
 from .targets import TARGETS, Pool
 
 COMPILED_CACHE = "compiled pool"  # (original, backend) -> its compiled version, None: compiling failed
@@ -36,7 +36,6 @@ logger = logging.getLogger("twinkle.kernel")
 
 BACKEND_ENV = "TWINKLE_COMPILE_BACKEND"
 DEFAULT_BACKEND = "inductor"
-
 
 
 def backend() -> str:
@@ -98,11 +97,8 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 
 def _layer(name: str) -> type[nn.Module]:
-    return type(name, (nn.Module,), {
-        "__module__": __name__, "__qualname__": name,
-        "__doc__": f"torch.compile of the original forward of every {name} target class (a stateless kernel layer).",
-        "forward": _forward, "has_backward": True, "can_torch_compile": True,
-    })
+    return kernel_layer(name, __name__, _forward,
+                        f"torch.compile of the original forward of every {name} target class (a kernel layer).")
 
 
 LAYER_TARGETS = tuple(t.name for t in TARGETS.values() if t.kind == "layer" and t.name != "CausalLM")
@@ -115,6 +111,8 @@ for _target in LAYER_TARGETS:  # RMSNorm, SwiGLUMLP: importable, so their ids ar
 
 def original_function(module_name: str, func: str) -> Callable[..., Any]:
     """The function ``module_name.func`` as it was before twinkle patched it."""
+    from ..plan import original_of  # plan imports the pools: read when kernelizing, never at import
+
     original = original_of(f"{module_name}.{func}")
     if getattr(type(original), "compiled_target", None) is not None:
         raise TypeError(f"{module_name}.{func} holds a compiled-pool kernel, not an original")
@@ -158,4 +156,5 @@ POOL = Pool(
     layers={name: {"layer_impl": globals()[name]} for name in LAYER_TARGETS},
     functions={t.name: function_repo for t in TARGETS.values() if t.kind == "function" and t.paths},
     notes="Not for `CausalLM`: compiling the whole model is torch.compile's own job.",
+    order=10,
 )

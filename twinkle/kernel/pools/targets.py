@@ -1,4 +1,4 @@
-"""What the built-in pools stand in for, as data: the targets table, and the shape of a pool.
+"""What the pools stand in for, as data: the targets table, and the shape of a pool.
 
 Targets are dotted strings, so that registering a pool imports nothing (transformers included). Every kind of
 target has one name shared by all pools, so that their candidates compete for it: ``"RMSNorm"`` is the
@@ -15,7 +15,7 @@ target has one name shared by all pools, so that their candidates compete for it
 
 A :class:`Pool` says, per target name, where each candidate comes from (the source keywords of
 ``register_layer_kernel`` / ``register_function_kernel``). ``twinkle.kernel.use_pools`` turns both tables into
-registrations; nothing here registers or imports anything.
+registrations; nothing here registers or imports anything. Built-in and outside pools alike are such records.
 """
 
 from __future__ import annotations
@@ -127,16 +127,35 @@ SourceSpec = Mapping[str, Any]  # source keywords: layer_impl= / func_impl= / re
 
 @dataclass(frozen=True)
 class Pool:
-    """One built-in pool: where each of its candidates comes from, per target name of :data:`TARGETS`.
+    """A pool: one kernel library's candidates, per target name of :data:`TARGETS`, and what registering them needs.
 
-    ``functions`` values are source keywords, or a callable taking the dotted path of one function target and
-    returning them (for sources made per target, such as the compiled originals).
+    ``layers`` / ``functions`` map a target name to the source keywords of ``register_layer_kernel`` /
+    ``register_function_kernel`` (``layer_impl=``, ``func_impl=``, ``repo=``, ``repo_path=`` + ``layer_name=``,
+    ...); a ``functions`` value may instead be a callable taking the dotted path of one function target and
+    returning them (sources made per target, such as the compiled originals). ``order`` places the pool in
+    ``use_pools("all")``: lower registers earlier, and among candidates of the same device and mode rank the last
+    registered is tried first.
     """
 
-    name: str
-    summary: str
+    name: str  # what use_pools takes (compared ignoring case; for an outside pool, also its entry point's name)
+    summary: str  # one line for the docs
     device: str | None  # every candidate is registered for this device (None: any device)
     requires: tuple[tuple[str, str], ...] = ()  # (module to find, what to pip install) needed to register
     layers: Mapping[str, SourceSpec] = field(default_factory=dict)
     functions: Mapping[str, SourceSpec | Callable[[str], SourceSpec]] = field(default_factory=dict)
     notes: str = ""
+    order: int = 50  # built-in pools: compiled 10, torch 20, triton 30, liger 40
+
+    def problem(self) -> str | None:
+        """Why this pool cannot be registered as it stands (a name or target it gets wrong), or None."""
+        if not isinstance(self.name, str) or not self.name.strip() or self.name != self.name.strip().lower():
+            return f"its name {self.name!r} is not a lower-case word"
+        if self.name == "all":
+            return "it is named 'all', which use_pools reserves for every pool"
+        wrong = [f"{t} (a layer target?)" for t in self.layers if getattr(TARGETS.get(t), "kind", None) != "layer"]
+        wrong += [f"{t} (a function target?)" for t in self.functions
+                  if getattr(TARGETS.get(t), "kind", None) != "function"]
+        if wrong:
+            return (f"it names targets twinkle does not know as such: {', '.join(wrong)}; the targets are "
+                    f"{', '.join(TARGETS)}")
+        return None

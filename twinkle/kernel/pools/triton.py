@@ -32,4 +32,5 @@ POOL = Pool(
         "silu_and_mul": {"repo_path": REPO_PATH},
     },
     notes="Candidate ids name the repo's absolute path, so they differ between installations.",
+    order=30,
 )
