@@ -126,7 +126,8 @@ class Net(nn.Module):
 
 
 def test_an_outside_pool_is_found_registered_applied_and_tuned(distribution):
-    from autotune import TimerSettings, TuneSettings, autotune
+    from autotune import TuneSettings, autotune
+    from autotune.settings import TimerSettings
 
     distribution("tinypool", TINYPOOL, {"tinypool": "tinypool:POOL", "tinylazy": "tinypool:lazy_pool"})
     assert pool_names() == [*POOL_NAMES, "tinylazy", "tinypool"]

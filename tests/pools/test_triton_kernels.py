@@ -381,7 +381,7 @@ def test_bad_arguments_are_refused(backend):
 
 def _match(expected, actual) -> None:
     from autotune.check import compare
-from autotune.settings import tolerances
+    from autotune.settings import tolerances
 
     result = compare(expected, actual, tolerances())
     assert result.matches, result.detail
