@@ -186,7 +186,7 @@ def _source(where: str, which: str, repo_id: Any, repo_path: Any, version: Any, 
         return _hub_or_local(where, repo_id, repo_path, version, revision, package_name, trust_remote_code)
     if version is not None or revision is not None or package_name is not None:
         raise ValueError(f"{where}: version=/revision=/package_name= only go with repo_id= or repo_path=")
-    return RepoSource(repo=_repo_object(repo, where)) if which == "repo" else direct()
+    return RepoSource(obj=_repo_object(repo, where)) if which == "repo" else direct()
 
 
 def _layer_class(layer_impl: Any, where: str) -> type:

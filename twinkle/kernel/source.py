@@ -92,51 +92,49 @@ class Source:
 
 
 @dataclass(frozen=True, eq=False)
-class ImplSource(Source):
-    """A callable (function kernels) or an nn.Module subclass (layer kernels) given directly."""
+class _Given(Source):
+    """A source given as a Python object ``obj``: its id names the object; the kernel is what it loads (no lookup
+    by name)."""
 
     obj: Any = None
-    kind: str = field(init=False, default="impl")
 
     @property
     def id(self) -> str:
-        return f"impl:{object_id(self.obj)}"
+        return f"{self.kind}:{object_id(self.obj)}"
 
     @property
     def needs_name(self) -> bool:
         return False
+
+
+@dataclass(frozen=True, eq=False)
+class ImplSource(_Given):
+    """A callable (function kernels) or an nn.Module subclass (layer kernels) given directly."""
+
+    kind: str = field(init=False, default="impl")
 
     def load(self, device: str) -> Any:
         return self.obj
 
 
 @dataclass(frozen=True, eq=False)
-class RepoSource(Source):
+class RepoSource(_Given):
     """An object whose ``load()`` returns a class: a callable class, or an nn.Module subclass for layers."""
 
-    repo: Any = None
     kind: str = field(init=False, default="repo")
-
-    @property
-    def id(self) -> str:
-        return f"repo:{object_id(self.repo)}"
-
-    @property
-    def needs_name(self) -> bool:
-        return False
 
     def load(self, device: str) -> Any:
         # One repo object, one load, whatever the device (load() takes none). Keyed on the object, since two
         # instances of one class may differ; the entry holds the object, so its id() is never reused meanwhile.
-        return _cached((f"{self.id}@{id(self.repo)}", "any device"), lambda: (self.repo, self._load_class()))[1]
+        return _cached((f"{self.id}@{id(self.obj)}", "any device"), lambda: (self.obj, self._load_class()))[1]
 
     def _load_class(self) -> Any:
         try:
-            loaded = self.repo.load()
+            loaded = self.obj.load()
         except Exception as exc:
-            raise LoadError(f"{type(self.repo).__name__}.load() raised {type(exc).__name__}: {exc}") from exc
+            raise LoadError(f"{type(self.obj).__name__}.load() raised {type(exc).__name__}: {exc}") from exc
         if not inspect.isclass(loaded):
-            raise LoadError(f"{type(self.repo).__name__}.load() must return a class, got {type(loaded).__name__}")
+            raise LoadError(f"{type(self.obj).__name__}.load() must return a class, got {type(loaded).__name__}")
         return loaded
 
 
