@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from twinkle.kernel import kernel_report, kernelize_model, register_kernels, register_layer_kernel, use_pools
-from twinkle.kernel import pools
+from twinkle.kernel import builtin, pools
 from twinkle.kernel.pools import POOL_NAMES, compiled, describe_pools, pool_members, pools_markdown, triton
 from twinkle.kernel.pools.targets import FAMILIES, TARGETS
 from twinkle.kernel.state import STATE
@@ -36,7 +37,7 @@ VOCAB = 128  # the tiny models' (conftest.py)
 MODES = ("inference", "train")
 
 TORCH_IDS = {"impl:twinkle.kernel.builtin.RMSNorm", "impl:twinkle.kernel.pools.native.SiluMulMLP",
-             "impl:twinkle.kernel.pools.native.rotary_stacked"}
+             "impl:twinkle.kernel.pools.native.FusedQKVAttention", "impl:twinkle.kernel.pools.native.rotary_stacked"}
 LIGER_IDS = {"impl:twinkle.kernel.pools.liger.RMSNorm", "impl:twinkle.kernel.pools.liger.SwiGLUMLP",
              "impl:twinkle.kernel.pools.liger.FusedLinearCrossEntropy", "impl:twinkle.kernel.pools.liger.rotary_pos_emb"}
 COMPILED_IDS = {"impl:twinkle.kernel.pools.compiled.RMSNorm", "impl:twinkle.kernel.pools.compiled.SwiGLUMLP"} | {
@@ -331,8 +332,56 @@ def test_torch_pool_matches_the_originals(family, mode, tiny_model):
     kernelize_model(model, mode=mode, device="cpu")
     assert expected_kernels(family, "impl:twinkle.kernel.builtin.RMSNorm", "impl:twinkle.kernel.pools.native.SiluMulMLP",
                             "impl:twinkle.kernel.pools.native.rotary_stacked").items() <= applied(model).items()
-    all_instances_patched(model)  # Qwen3's per-head q_norm / k_norm included
+    assert applied(model)["Attention"] == "impl:twinkle.kernel.pools.native.FusedQKVAttention"
+    all_instances_patched(model, ("RMSNorm", "MLP", "Attention"))  # Qwen3's per-head q_norm / k_norm included
     assert_same(run(model, ids, mode), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_qkv_attention_generates_as_the_original_with_a_cache(family, tiny_model):
+    model = tiny_model(family).eval()
+    prompt = tokens()[:, :5]
+    with torch.no_grad():
+        expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+    register_layer_kernel("Attention", layer_impl=pools.native.FusedQKVAttention, targets=TARGETS["Attention"].paths)
+    kernelize_model(model, device="cpu")
+    calls = []
+    joint = builtin._JointLinear.forward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builtin._JointLinear, "forward", staticmethod(lambda ctx, *a: calls.append(1) or joint(ctx, *a)))
+        with torch.no_grad():
+            got = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+    assert torch.equal(got, expected)
+    assert len(calls) >= 6 * 2  # every step of every layer ran the one-GEMM path, the cache updated as it went
+
+
+def test_joint_linear_gives_the_separate_projections_and_their_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    ws = [torch.randn(n, 8, dtype=torch.float64, requires_grad=True) for n in (8, 4, 4)]
+    bs = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (8, 4, 4)]
+    outs = builtin.joint_linear(x, ws, bs)
+    refs = [F.linear(x, w, b) for w, b in zip(ws, bs)]
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r)
+    grads = [torch.randn_like(r) for r in refs]
+    got = torch.autograd.grad(outs, [x, *ws, *bs], grads)
+    want = torch.autograd.grad(refs, [x, *ws, *bs], grads)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert torch.autograd.gradcheck(lambda x, *p: builtin.joint_linear(x, list(p[:3]), list(p[3:])),
+                                    (x, *ws, *bs))
+
+
+def test_attention_with_projections_of_other_inputs_is_left_alone(tiny_model):
+    model = tiny_model("llama")
+    attention = model.model.layers[0].self_attn
+    attention.k_proj = nn.Linear(attention.k_proj.in_features, attention.k_proj.out_features, bias=True)
+    use_pools("torch")
+    kernelize_model(model, device="cpu")
+    assert "forward" not in vars(attention) and "forward" in vars(model.model.layers[1].self_attn)
+    entry = next(e for e in kernel_report(model).entries if e.target == "Attention" and e.status != "applied")
+    assert any("cannot be one GEMM" in r for r in entry.reasons)
 
 
 @pytest.mark.parametrize("mode", MODES)

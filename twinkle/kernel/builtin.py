@@ -39,8 +39,39 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return out[0], out[1]
 
 
+class _JointLinear(torch.autograd.Function):
+    """``x @ cat(weights).T (+ cat(biases))`` as one GEMM, saving the separate weights (not their concatenation)
+    for backward, which concatenates them again: one GEMM per direction instead of one per weight, and no memory
+    beyond what separate projections keep."""
+
+    @staticmethod
+    def forward(ctx, x, n, *params):  # type: ignore[no-untyped-def]
+        weights, biases = params[:n], params[n:]
+        ctx.n, ctx.has_bias = n, bool(biases)
+        ctx.save_for_backward(x, *weights)
+        return F.linear(x, torch.cat(weights), torch.cat(biases) if biases else None)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        x, *weights = ctx.saved_tensors
+        grad_x = grad @ torch.cat(weights) if ctx.needs_input_grad[0] else None
+        flat_grad, flat_x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        sizes = [w.shape[0] for w in weights]
+        grad_w = (flat_grad.t() @ flat_x).split(sizes) if any(ctx.needs_input_grad[2:2 + ctx.n]) else [None] * ctx.n
+        grad_b = list(flat_grad.sum(0).split(sizes)) if ctx.has_bias else []
+        return (grad_x, None, *grad_w, *grad_b)
+
+
+def joint_linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor] | None = None
+                 ) -> list[torch.Tensor]:
+    """The projections ``F.linear(x, w_i, b_i)`` of one input by several weights, computed as one GEMM and split
+    (views of one output); gradients reach every ``w_i`` and ``b_i`` as if they ran apart."""
+    out = _JointLinear.apply(x, len(weights), *weights, *(biases or ()))
+    return list(out.split([w.shape[0] for w in weights], dim=-1))
+
+
 # Plain torch ops: differentiable and traceable by torch.compile.
-for _op in (rms_norm, silu_and_mul, rotate_half, apply_rotary):
+for _op in (rms_norm, silu_and_mul, rotate_half, apply_rotary, joint_linear):
     _op.has_backward = True  # type: ignore[attr-defined]
     _op.can_torch_compile = True  # type: ignore[attr-defined]
 

@@ -12,6 +12,8 @@ imports nothing optional.
   the module's ``act_fn`` is not SiLU.
 - :func:`causal_lm_loss_layer` serves ``CausalLM``: the model body, then a fused linear cross-entropy
   ``loss(weight, hidden, labels, bias, ignore_index=, reduction=, softcap=)`` that never materialises the logits.
+- :func:`attention_layer` serves ``Attention``: q, k and v from ``project(x, weights, biases)`` (one GEMM for the
+  three, say), then the module's own norms, rotary function and attention function, and ``o_proj``.
 - :func:`kernel_function` declares a function kernel's capabilities (backward, torch.compile, writes into inputs).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +30,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["kernel_layer", "kernel_function", "rms_norm_layer", "swiglu_mlp_layer", "causal_lm_loss_layer",
-           "eps_of", "is_silu"]
+           "attention_layer", "eps_of", "is_silu"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -180,3 +183,60 @@ def causal_lm_loss_layer(loss: LossFn, name: str = "FusedLinearCrossEntropy", mo
     return kernel_layer(name, module, _named(forward, name, module),
                         f"A *ForCausalLM forward whose loss is {loss.__qualname__}, a fused linear cross-entropy "
                         "(logits=None).", has_backward=has_backward, can_torch_compile=False)
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+
+Projection = Callable[[torch.Tensor, list[torch.Tensor], "list[torch.Tensor] | None"], list[torch.Tensor]]
+
+
+def _heads(module: nn.Module, x: torch.Tensor, states: torch.Tensor, norm: str) -> torch.Tensor:
+    """(batch, heads, tokens, head_dim) of a projection's output, through the module's per-head norm if it has one
+    (Qwen3's ``q_norm`` / ``k_norm``)."""
+    states = states.view(*x.shape[:-1], -1, module.head_dim)
+    if norm and getattr(module, norm, None) is not None:
+        states = getattr(module, norm)(states)
+    return states.transpose(1, 2)
+
+
+def attention_layer(project: Projection, name: str = "FusedQKVAttention", module: str | None = None, *,
+                    has_backward: bool = True, can_torch_compile: bool = True) -> type[nn.Module]:
+    """A kernel layer for the ``Attention`` target (transformers' Llama, Qwen2, Qwen3 and Mistral attention): q, k
+    and v come from ``project(hidden_states, [q, k, v weights], [biases] or None)`` on the module's own weights, then
+    the module's per-head norms (if any), the modeling module's ``apply_rotary_pos_emb`` (looked up at each call, so
+    a function kernel patched there runs), the attention function the model's config names, and ``o_proj``.
+
+    A cache (generation) is updated as the original does: ``cache.update(k, v, layer_idx, kwargs=...)`` where the
+    forward takes ``cache`` (transformers 5.24 on), ``past_key_values.update(k, v, layer_idx, {sin, cos,
+    cache_position})`` before. The original forward runs for calls without position embeddings or with extra
+    positional arguments."""
+    def forward(self: nn.Module, hidden_states: torch.Tensor, position_embeddings: Any = None,
+                attention_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if args or position_embeddings is None:
+            return type(self).forward(self, hidden_states, position_embeddings, attention_mask, *args, **kwargs)
+        cache, past = kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        biases = [p.bias for p in projs] if self.q_proj.bias is not None else None
+        q, k, v = project(hidden_states, [p.weight for p in projs], biases)
+        q, k, v = _heads(self, hidden_states, q, "q_norm"), _heads(self, hidden_states, k, "k_norm"), \
+            _heads(self, hidden_states, v, "")
+        modeling = vars(sys.modules[type(self).__module__])
+        cos, sin = position_embeddings
+        q, k = modeling["apply_rotary_pos_emb"](q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        elif past is not None:
+            k, v = past.update(k, v, self.layer_idx, {"sin": sin, "cos": cos,
+                                                      "cache_position": kwargs.get("cache_position")})
+        attend = modeling["ALL_ATTENTION_FUNCTIONS"].get_interface(self.config._attn_implementation,
+                                                                  modeling["eager_attention_forward"])
+        if getattr(self, "sliding_window", None) is not None:
+            kwargs.setdefault("sliding_window", self.sliding_window)
+        out, weights = attend(self, q, k, v, attention_mask, dropout=self.attention_dropout if self.training else 0.0,
+                              scaling=self.scaling, **kwargs)
+        return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+    module = module or project.__module__
+    return kernel_layer(name, module, _named(forward, name, module),
+                        f"Attention with q, k and v from {project.__qualname__} on the module's own weights.",
+                        has_backward=has_backward, can_torch_compile=can_torch_compile)

@@ -101,7 +101,8 @@ def _layer(name: str) -> type[nn.Module]:
                         f"torch.compile of the original forward of every {name} target class (a kernel layer).")
 
 
-LAYER_TARGETS = tuple(t.name for t in TARGETS.values() if t.kind == "layer" and t.name != "CausalLM")
+LAYER_TARGETS = tuple(t.name for t in TARGETS.values()
+                      if t.kind == "layer" and t.name not in ("CausalLM", "Attention"))
 for _target in LAYER_TARGETS:  # RMSNorm, SwiGLUMLP: importable, so their ids are ordinary impl ids
     globals()[_target] = _layer(_target)
 
@@ -155,6 +156,7 @@ POOL = Pool(
     device=None,
     layers={name: {"layer_impl": globals()[name]} for name in LAYER_TARGETS},
     functions={t.name: function_repo for t in TARGETS.values() if t.kind == "function" and t.paths},
-    notes="Not for `CausalLM`: compiling the whole model is torch.compile's own job.",
+    notes="Not for `CausalLM` (compiling the whole model is torch.compile's own job) nor `Attention` (its "
+          "attention function is already one fused kernel).",
     order=10,
 )

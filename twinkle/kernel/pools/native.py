@@ -19,6 +19,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 SiluMulMLP = adapters.swiglu_mlp_layer(silu_mul, "SiluMulMLP")
+FusedQKVAttention = adapters.attention_layer(builtin.joint_linear, "FusedQKVAttention", __name__)
 
 
 @adapters.kernel_function()
@@ -35,11 +36,13 @@ def rotary_stacked(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
 
 POOL = Pool(
     name="torch",
-    summary="torch-native kernels: F.rms_norm, a fused SiLU-and-multiply MLP, a batched rotary embedding",
+    summary="torch-native kernels: F.rms_norm, a fused SiLU-and-multiply MLP, attention with one GEMM for q, k "
+            "and v, a batched rotary embedding",
     device=None,
     layers={
         "RMSNorm": {"layer_impl": builtin.RMSNorm},
         "SwiGLUMLP": {"layer_impl": SiluMulMLP},
+        "Attention": {"layer_impl": FusedQKVAttention},
     },
     functions={
         "apply_rotary_pos_emb": {"func_impl": rotary_stacked},

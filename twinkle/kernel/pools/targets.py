@@ -20,6 +20,7 @@ registrations; nothing here registers or imports anything. Built-in and outside 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,6 +71,25 @@ def causal_lm_problem(module: Any) -> str | None:
     return None
 
 
+def attention_problem(module: Any) -> str | None:
+    """Why ``module`` is not a transformers-style attention with its own q/k/v/o projections over one input, a
+    ``head_dim``, a config naming the attention function, and a modeling module that holds that function's table."""
+    projs = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if not all(isinstance(p, torch.nn.Linear) for p in projs):
+        return "it has no q_proj, k_proj, v_proj and o_proj (nn.Linear), which the pools' Attention kernels read"
+    if len({p.in_features for p in projs[:3]}) != 1 or len({p.bias is None for p in projs[:3]}) != 1:
+        return "its q, k and v projections differ in input size or in having a bias, so they cannot be one GEMM"
+    if not isinstance(getattr(module, "head_dim", None), int) or getattr(module, "config", None) is None:
+        return "it has no integer head_dim or no config, which the pools' Attention kernels read"
+    modeling = vars(sys.modules.get(type(module).__module__) or object)
+    missing = [n for n in ("apply_rotary_pos_emb", "ALL_ATTENTION_FUNCTIONS", "eager_attention_forward")
+               if n not in modeling]
+    if missing or not hasattr(modeling.get("ALL_ATTENTION_FUNCTIONS"), "get_interface"):
+        return (f"its modeling module has no {', '.join(missing) or 'ALL_ATTENTION_FUNCTIONS.get_interface'}, "
+                "which the pools' Attention kernels call as the original does")
+    return None
+
+
 @dataclass(frozen=True)
 class Target:
     """One kind of target: a layer ``kernel_name`` and its classes, or a function name and its paths."""
@@ -108,6 +128,15 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     ), "the whole model's forward with `labels`: the language-model head and the loss (fused linear "
        "cross-entropy); without `labels` the original runs",
         fits=causal_lm_problem, structure="a `model`, a `config` and an `lm_head` with a 2-D `weight`"),
+    Target("Attention", "layer", (
+        "transformers.models.llama.modeling_llama.LlamaAttention",
+        "transformers.models.qwen2.modeling_qwen2.Qwen2Attention",
+        "transformers.models.qwen3.modeling_qwen3.Qwen3Attention",
+        "transformers.models.mistral.modeling_mistral.MistralAttention",
+    ), "a decoder layer's self-attention: q, k, v projections (Qwen3: per-head norms), rotary, the config's "
+       "attention function, `o_proj`; with a cache (generation) the original runs",
+        fits=attention_problem, structure="`q_proj`, `k_proj`, `v_proj`, `o_proj` (`nn.Linear`, q/k/v over one "
+                                          "input, all with or without bias), an integer `head_dim`, a `config`"),
     Target("apply_rotary_pos_emb", "function", (
         "transformers.models.llama.modeling_llama.apply_rotary_pos_emb",
         "transformers.models.qwen2.modeling_qwen2.apply_rotary_pos_emb",
