@@ -4,7 +4,7 @@
 #   tests    the pools' and Triton kernels' GPU tests, the roofline micro-benchmark, the compile check
 #   tune     twinkle-tune the TinyLlama-shaped Llama (inference; train with --objective both), timed, with
 #            --patience ${PATIENCE:-4} (the seeds and the walk's moves always run; patience ends the sampling)
-#   stacks   eager / all-Liger / all-torch-pool / tuned / torch.compile stacks, one process each
+#   stacks   eager / all-Liger / all-torch-pool / tuned / torch.compile stacks, one process each ($STACKS: a subset)
 #   repeat   two more tunings of each mode, and whether the per-target winners repeat (REPEAT_TRAIN_TRIALS=0
 #            skips the end-to-end search in the train repeats, which does not change per-target picks)
 # Everything lands in profiles/ and reports/; with $OUT set, logs and a tarball of both are copied there.
@@ -45,7 +45,8 @@ for stage in $STAGES; do
       ;;
     stacks)
       python3 benchmarks/llama_stacks.py --profile-inference profiles/hf_tinyllama-cuda.json \
-        --profile-train profiles/hf_tinyllama-cuda-train.json --out reports/llama_stacks 2>&1 | tee -a "$LOG"
+        --profile-train profiles/hf_tinyllama-cuda-train.json --out reports/llama_stacks ${STACKS:+--stacks $STACKS} \
+        2>&1 | tee -a "$LOG"
       ;;
     repeat)
       for i in 2 3; do
