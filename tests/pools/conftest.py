@@ -79,6 +79,16 @@ class _RMSNormFunction:
         return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(X.dtype) * W
 
 
+class _FusedAddRMSNormFunction:
+    calls: list[tuple] = []
+
+    @staticmethod
+    def apply(X, R, W, eps, offset=0.0, casting_mode="llama", in_place=False):
+        _FusedAddRMSNormFunction.calls.append((eps, offset, casting_mode, in_place))
+        summed = X + R
+        return _RMSNormFunction.apply(summed, W, eps, offset, casting_mode, in_place), summed
+
+
 class _SiLUMulFunction:
     @staticmethod
     def apply(a, b, gate_multiplier=1.0, down_multiplier=1.0):
@@ -153,10 +163,13 @@ def fake_liger(monkeypatch: pytest.MonkeyPatch, installed: Callable[..., None]) 
         monkeypatch.setitem(sys.modules, name, modules[name])
     modules["liger_kernel.ops"].LigerRMSNormFunction = _RMSNormFunction  # type: ignore[attr-defined]
     modules["liger_kernel.ops"].LigerSiLUMulFunction = _SiLUMulFunction  # type: ignore[attr-defined]
+    modules["liger_kernel.ops"].LigerFusedAddRMSNormFunction = _FusedAddRMSNormFunction  # type: ignore[attr-defined]
     modules["liger_kernel.transformers.rope"].liger_rotary_pos_emb = _rotary  # type: ignore[attr-defined]
     modules["liger_kernel.transformers.fused_linear_cross_entropy"].LigerFusedLinearCrossEntropyLoss = (  # type: ignore[attr-defined]
         _FusedLinearCrossEntropyLoss)
     installed(liger_kernel=True, triton=True)
     _RMSNormFunction.calls.clear()
+    _FusedAddRMSNormFunction.calls.clear()
     _FusedLinearCrossEntropyLoss.calls.clear()
-    return types.SimpleNamespace(rms_norm_calls=_RMSNormFunction.calls, loss_calls=_FusedLinearCrossEntropyLoss.calls)
+    return types.SimpleNamespace(rms_norm_calls=_RMSNormFunction.calls, loss_calls=_FusedLinearCrossEntropyLoss.calls,
+                                 add_norm_calls=_FusedAddRMSNormFunction.calls)

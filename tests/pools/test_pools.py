@@ -39,7 +39,8 @@ MODES = ("inference", "train")
 TORCH_IDS = {"impl:twinkle.kernel.builtin.RMSNorm", "impl:twinkle.kernel.pools.native.SiluMulMLP",
              "impl:twinkle.kernel.pools.native.FusedQKVAttention", "impl:twinkle.kernel.pools.native.rotary_stacked"}
 LIGER_IDS = {"impl:twinkle.kernel.pools.liger.RMSNorm", "impl:twinkle.kernel.pools.liger.SwiGLUMLP",
-             "impl:twinkle.kernel.pools.liger.FusedLinearCrossEntropy", "impl:twinkle.kernel.pools.liger.rotary_pos_emb"}
+             "impl:twinkle.kernel.pools.liger.FusedLinearCrossEntropy", "impl:twinkle.kernel.pools.liger.rotary_pos_emb",
+             "impl:twinkle.kernel.pools.liger.FusedAddNormDecoderLayer"}
 COMPILED_IDS = {"impl:twinkle.kernel.pools.compiled.RMSNorm", "impl:twinkle.kernel.pools.compiled.SwiGLUMLP"} | {
     f"repo:twinkle.kernel.pools.compiled.{m}.apply_rotary_pos_emb" for m in MODELING.values()}
 TRITON_IDS = {"local:twinkle/kernel/pools/triton_kernels#RMSNorm", "local:twinkle/kernel/pools/triton_kernels#SiluMulMLP"}  # portable: relative to twinkle
@@ -373,6 +374,26 @@ def test_joint_linear_gives_the_separate_projections_and_their_gradients():
                                     (x, *ws, *bs))
 
 
+def _add_norm(x, residual, weight, eps):
+    summed = x + residual
+    return builtin.rms_norm(summed, weight, eps), summed
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_decoder_layer_with_a_fused_add_and_norm_matches_the_original(family, mode, tiny_model):
+    model = tiny_model(family)
+    ids = tokens()
+    expected = run(model, ids, mode)
+    layer = pools.adapters.decoder_layer(_add_norm, "AddNormLayer", __name__)
+    register_layer_kernel("DecoderLayer", layer_impl=layer, targets=TARGETS["DecoderLayer"].paths)
+    register_layer_kernel("Attention", layer_impl=pools.native.FusedQKVAttention, targets=TARGETS["Attention"].paths)
+    kernelize_model(model, mode=mode, device="cpu")
+    assert applied(model)["DecoderLayer"] == f"impl:{__name__}.AddNormLayer"
+    all_instances_patched(model, ("DecoderLayer", "Attention"))  # the layer calls the attention kernel inside it
+    assert_same(run(model, ids, mode), expected)
+
+
 def test_attention_with_projections_of_other_inputs_is_left_alone(tiny_model):
     model = tiny_model("llama")
     attention = model.model.layers[0].self_attn
@@ -506,8 +527,9 @@ def test_liger_pool_matches_the_originals(family, mode, tiny_model, liger):
     want = expected_kernels(family, "impl:twinkle.kernel.pools.liger.RMSNorm",
                             "impl:twinkle.kernel.pools.liger.SwiGLUMLP", "impl:twinkle.kernel.pools.liger.rotary_pos_emb")
     want["CausalLM"] = "impl:twinkle.kernel.pools.liger.FusedLinearCrossEntropy"
+    want["DecoderLayer"] = "impl:twinkle.kernel.pools.liger.FusedAddNormDecoderLayer"
     assert want.items() <= applied(model).items()
-    all_instances_patched(model, ("RMSNorm", "MLP", "ForCausalLM"))
+    all_instances_patched(model, ("RMSNorm", "MLP", "ForCausalLM", "DecoderLayer"))
     got = run(model, ids, mode)
     if mode == "train":
         assert got["logits"] is None  # the fused loss never materialises them
@@ -515,6 +537,8 @@ def test_liger_pool_matches_the_originals(family, mode, tiny_model, liger):
     if liger.fake is not None:
         eps = model.config.rms_norm_eps
         assert set(liger.fake.rms_norm_calls) == {(eps, 0.0, "llama", False)}  # Llama casting, not in place
+        assert set(liger.fake.add_norm_calls) == {(eps, 0.0, "llama", False)}
+        assert len(liger.fake.add_norm_calls) == model.config.num_hidden_layers  # one per layer and step
         assert bool(liger.fake.loss_calls) == (mode == "train")
 
 

@@ -14,6 +14,8 @@ imports nothing optional.
   ``loss(weight, hidden, labels, bias, ignore_index=, reduction=, softcap=)`` that never materialises the logits.
 - :func:`attention_layer` serves ``Attention``: q, k and v from ``project(x, weights, biases)`` (one GEMM for the
   three, say), then the module's own norms, rotary function and attention function, and ``o_proj``.
+- :func:`decoder_layer` serves ``DecoderLayer``: the layer with its first residual add and its second norm as
+  one ``add_norm(x, residual, weight, eps) -> (normed, sum)``.
 - :func:`kernel_function` declares a function kernel's capabilities (backward, torch.compile, writes into inputs).
 """
 
@@ -30,7 +32,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["kernel_layer", "kernel_function", "rms_norm_layer", "swiglu_mlp_layer", "causal_lm_loss_layer",
-           "attention_layer", "eps_of", "is_silu"]
+           "attention_layer", "decoder_layer", "eps_of", "is_silu"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -239,4 +241,36 @@ def attention_layer(project: Projection, name: str = "FusedQKVAttention", module
     module = module or project.__module__
     return kernel_layer(name, module, _named(forward, name, module),
                         f"Attention with q, k and v from {project.__qualname__} on the module's own weights.",
+                        has_backward=has_backward, can_torch_compile=can_torch_compile)
+
+
+# ---------------------------------------------------------------------------------------------------- decoder layer
+
+AddNorm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def decoder_layer(add_norm: AddNorm, name: str = "FusedAddNormDecoderLayer", module: str | None = None, *,
+                  has_backward: bool = True, can_torch_compile: bool = True) -> type[nn.Module]:
+    """A kernel layer for the ``DecoderLayer`` target: the pre-norm layer as the original runs it (its own
+    ``input_layernorm``, ``self_attn`` with every argument the layer received, ``mlp``: their kernels apply), with
+    the residual add after attention and ``post_attention_layernorm`` as one ``add_norm(x, residual, weight, eps)``
+    returning ``(rmsnorm(x + residual) * weight, x + residual)``."""
+    def forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        bound = _signature(type(self).forward).bind(self, hidden_states, *args, **kwargs)
+        params = _signature(type(self).forward).parameters
+        passed: dict[str, Any] = {}
+        for key, value in list(bound.arguments.items())[2:]:  # self and hidden_states apart
+            if params[key].kind == inspect.Parameter.VAR_KEYWORD:
+                passed.update(value)
+            elif params[key].kind != inspect.Parameter.VAR_POSITIONAL:
+                passed[key] = value
+        attended = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **passed)
+        attended = attended[0] if isinstance(attended, tuple) else attended
+        norm = self.post_attention_layernorm
+        normed, summed = add_norm(attended, hidden_states, norm.weight, eps_of(norm))
+        return summed + self.mlp(normed)
+
+    module = module or add_norm.__module__
+    return kernel_layer(name, module, _named(forward, name, module),
+                        f"A pre-norm decoder layer whose first residual add and second norm are {add_norm.__qualname__}.",
                         has_backward=has_backward, can_torch_compile=can_torch_compile)

@@ -102,7 +102,7 @@ def _layer(name: str) -> type[nn.Module]:
 
 
 LAYER_TARGETS = tuple(t.name for t in TARGETS.values()
-                      if t.kind == "layer" and t.name not in ("CausalLM", "Attention"))
+                      if t.kind == "layer" and t.name not in ("CausalLM", "Attention", "DecoderLayer"))
 for _target in LAYER_TARGETS:  # RMSNorm, SwiGLUMLP: importable, so their ids are ordinary impl ids
     globals()[_target] = _layer(_target)
 
@@ -156,7 +156,7 @@ POOL = Pool(
     device=None,
     layers={name: {"layer_impl": globals()[name]} for name in LAYER_TARGETS},
     functions={t.name: function_repo for t in TARGETS.values() if t.kind == "function" and t.paths},
-    notes="Not for `CausalLM` (compiling the whole model is torch.compile's own job) nor `Attention` (its "
-          "attention function is already one fused kernel).",
+    notes="Not for `CausalLM` and `DecoderLayer` (compiling whole blocks is torch.compile's own job) nor "
+          "`Attention` (its attention function is already one fused kernel).",
     order=10,
 )

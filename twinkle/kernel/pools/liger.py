@@ -8,6 +8,8 @@ when a kernel first runs, never when this module is imported, so registering the
 - ``RMSNorm``: ``LigerRMSNormFunction`` with the module's weight and epsilon, Llama casting (float32 inside),
   offset 0, not in place (the gradient of the output is left intact). The same for Qwen2, Qwen3 and Mistral.
 - ``SwiGLUMLP``: ``LigerSiLUMulFunction`` between the module's own projections.
+- ``DecoderLayer``: the layer with its first residual add and ``post_attention_layernorm`` as one
+  ``LigerFusedAddRMSNormFunction`` (Llama casting, offset 0, not in place).
 - ``apply_rotary_pos_emb``: ``liger_rotary_pos_emb``, which writes into ``q`` and ``k`` (declared
   ``overwrites_inputs``: the four families' attention never reads them after the call).
 - ``CausalLM``: with ``labels``, the model body, then ``LigerFusedLinearCrossEntropyLoss`` on ``lm_head.weight``
@@ -46,7 +48,17 @@ def fused_linear_cross_entropy(weight: torch.Tensor, hidden: torch.Tensor, label
     return loss(weight, hidden, labels, bias)
 
 
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Liger's fused residual add and RMSNorm: ``(rmsnorm(x + residual) * weight, x + residual)``, Llama casting,
+    offset 0, not in place."""
+    from liger_kernel.ops import LigerFusedAddRMSNormFunction
+
+    return LigerFusedAddRMSNormFunction.apply(x, residual, weight, eps, 0.0, "llama", False)
+
+
 RMSNorm = adapters.rms_norm_layer(rms_norm)
+FusedAddNormDecoderLayer = adapters.decoder_layer(add_rms_norm)
 SwiGLUMLP = adapters.swiglu_mlp_layer(silu_mul)
 FusedLinearCrossEntropy = adapters.causal_lm_loss_layer(fused_linear_cross_entropy)
 
@@ -73,6 +85,7 @@ POOL = Pool(
         "RMSNorm": {"layer_impl": RMSNorm},
         "SwiGLUMLP": {"layer_impl": SwiGLUMLP},
         "CausalLM": {"layer_impl": FusedLinearCrossEntropy},
+        "DecoderLayer": {"layer_impl": FusedAddNormDecoderLayer},
     },
     functions={
         "apply_rotary_pos_emb": {"func_impl": rotary_pos_emb},

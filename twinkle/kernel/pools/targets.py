@@ -20,6 +20,7 @@ registrations; nothing here registers or imports anything. Built-in and outside 
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,23 @@ def attention_problem(module: Any) -> str | None:
     return None
 
 
+def decoder_layer_problem(module: Any) -> str | None:
+    """Why ``module`` is not a pre-norm decoder layer: ``input_layernorm`` and ``post_attention_layernorm`` (RMSNorm
+    structure), ``self_attn`` and ``mlp``, and a forward that returns the hidden states as one tensor."""
+    if not (callable(getattr(module, "self_attn", None)) and callable(getattr(module, "mlp", None))):
+        return "it has no self_attn or no mlp, which the pools' DecoderLayer kernels call"
+    for name in ("input_layernorm", "post_attention_layernorm"):
+        norm = getattr(module, name, None)
+        problem = rms_norm_problem(norm) if norm is not None else "absent"
+        if problem:
+            return f"its {name} is not an RMSNorm the pools' DecoderLayer kernels can fuse ({problem})"
+    returns = inspect.signature(type(module).forward).return_annotation
+    if returns not in (torch.Tensor, "torch.Tensor"):
+        return (f"its forward returns {returns!r}, not the hidden states as one tensor (transformers 5.x), which the "
+                "pools' DecoderLayer kernels return")
+    return None
+
+
 @dataclass(frozen=True)
 class Target:
     """One kind of target: a layer ``kernel_name`` and its classes, or a function name and its paths."""
@@ -137,6 +155,15 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
        "attention function, `o_proj`; with a cache (generation) the original runs",
         fits=attention_problem, structure="`q_proj`, `k_proj`, `v_proj`, `o_proj` (`nn.Linear`, q/k/v over one "
                                           "input, all with or without bias), an integer `head_dim`, a `config`"),
+    Target("DecoderLayer", "layer", (
+        "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
+        "transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer",
+        "transformers.models.qwen3.modeling_qwen3.Qwen3DecoderLayer",
+        "transformers.models.mistral.modeling_mistral.MistralDecoderLayer",
+    ), "a pre-norm decoder layer: `x + attn(norm1(x))`, then `h + mlp(norm2(h))`; the kernels fuse the first "
+       "residual add with `norm2`",
+        fits=decoder_layer_problem, structure="`self_attn`, `mlp`, RMSNorm `input_layernorm` and "
+                                              "`post_attention_layernorm`, a forward returning one tensor"),
     Target("apply_rotary_pos_emb", "function", (
         "transformers.models.llama.modeling_llama.apply_rotary_pos_emb",
         "transformers.models.qwen2.modeling_qwen2.apply_rotary_pos_emb",
