@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from twinkle.kernel import kernel_report, kernelize_model, register_kernels, register_layer_kernel, use_pools
 from twinkle.kernel import builtin, pools
-from twinkle.kernel.pools import POOL_NAMES, compiled, describe_pools, pool_members, pools_markdown, triton
+from twinkle.kernel.pools import POOL_NAMES, compiled, describe_pools, pool_members, pools_markdown
 from twinkle.kernel.pools.targets import FAMILIES, TARGETS
 from twinkle.kernel.state import STATE
 
