@@ -78,9 +78,6 @@ class TuneSettings:
             raise TuneError(f"time limit must be a number of seconds > 0, got {self.time_limit_s!r}")
 
 
-Inputs = tuple[Any, ...] | dict[str, Any]
-
-
 def input_sets(inputs: Inputs | None, sets: dict[str, Inputs] | None) -> dict[str, Inputs]:
     """The named input sets to tune on: ``sets`` as given, else ``{"default": inputs}``; each a tuple of positional
     inputs or a dict of keyword inputs."""
