@@ -152,7 +152,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
         "transformers.models.qwen3.modeling_qwen3.Qwen3Attention",
         "transformers.models.mistral.modeling_mistral.MistralAttention",
     ), "a decoder layer's self-attention: q, k, v projections (Qwen3: per-head norms), rotary, the config's "
-       "attention function, `o_proj`; with a cache (generation) the original runs",
+       "attention function, `o_proj`; a cache (generation) is updated as the original does",
         fits=attention_problem, structure="`q_proj`, `k_proj`, `v_proj`, `o_proj` (`nn.Linear`, q/k/v over one "
                                           "input, all with or without bias), an integer `head_dim`, a `config`"),
     Target("DecoderLayer", "layer", (
