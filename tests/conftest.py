@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,14 +68,19 @@ def _reset_twinkle_kernel() -> None:
                 cache.clear()
 
 
-@pytest.fixture(autouse=True)
-def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory):
-    """Every test runs against a clean twinkle.kernel state and leaves one behind."""
-    import twinkle.kernel  # noqa: F401 - so that the state below exists before the test
+@contextlib.contextmanager
+def clean_twinkle_kernel(basetemp: Path) -> Iterator[None]:
+    """Run the block against a clean twinkle.kernel state (empty registry, nothing patched, no cached loads); after
+    it, reset that state again, forget the modules imported meanwhile from ``basetemp``, and put back the
+    registrations there were before.
+
+    The autouse fixture below wraps every test in it; a fixture shared by several tests (module or session scope)
+    wraps its own work in it too, so that it hands the tests plain data (a Profile) and leaves no registration,
+    patch or imported module behind for them."""
+    import twinkle.kernel  # noqa: F401 - so that the state below exists before the block
 
     from twinkle.kernel import registry
 
-    basetemp = tmp_path_factory.getbasetemp().resolve()
     modules_before = set(sys.modules)
     with registry.REGISTRY._lock:
         saved = {key: list(cands) for key, cands in registry.REGISTRY._by_target.items()}
@@ -84,3 +92,18 @@ def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory):
         _forget_modules_under(basetemp, keep=modules_before)
         with registry.REGISTRY._lock:
             registry.REGISTRY._by_target.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test runs against a clean twinkle.kernel state and leaves one behind."""
+    with clean_twinkle_kernel(tmp_path_factory.getbasetemp().resolve()):
+        yield
+
+
+@pytest.fixture(scope="session")
+def twinkle_kernel_isolation(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Any]:
+    """For fixtures shared by several tests: ``with twinkle_kernel_isolation(): ...`` runs their work in
+    ``clean_twinkle_kernel`` (the isolation every test gets), so that they leave nothing behind."""
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    return lambda: clean_twinkle_kernel(basetemp)
