@@ -233,6 +233,7 @@ _DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_scenarios_run_as_scripts_in_fresh_processes(tmp_path: Path, my_pkg):
     """Each scenario file as its own program (HF_HUB_OFFLINE=1 from the environment, as a user would set it)."""
     driver = tmp_path / "driver.py"

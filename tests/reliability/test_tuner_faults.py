@@ -378,6 +378,7 @@ def check_reads_back(profile: Profile, path: Path) -> None:
     assert load_profile(path).to_json() == profile.to_json()
 
 
+@pytest.mark.slow
 def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
     reg = {name: register_function_kernel("scale", "faulty_pkg.ops", func_impl=f"faulty_pkg.cands:{name}",
                                           device="cpu")
