@@ -125,6 +125,13 @@ APPLIED = {"layer": 1, "function": 2, "all": 3, "hf_llama": 3, "hf_llama_compile
 # ------------------------------------------------------------------------------------------------ tests
 
 
+@pytest.fixture(autouse=True)
+def _example_with_two_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny_llama example built with 2 of its 4 blocks (put back after each test): a kernel repeated from block
+    to block is traced all the same, and tracing and compiling take half the time."""
+    monkeypatch.setattr(tiny_llama_module(), "LAYERS", 2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", ["layer", "function", "all", "hf_llama", "hf_llama_compiled"])
