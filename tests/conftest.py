@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,13 +60,17 @@ def _reset_twinkle_kernel() -> None:
         tk.reset()
 
 
-@pytest.fixture(autouse=True)
-def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory):
-    """Every test runs against a clean twinkle.kernel state and leaves one behind; registrations made before it
-    (at a test module's import) are put back afterwards."""
+@contextlib.contextmanager
+def clean_twinkle_kernel(basetemp: Path) -> Iterator[None]:
+    """Run the block against a clean twinkle.kernel state (``twinkle.kernel.reset()``: nothing registered or
+    patched, no cached loads); after it, reset that state again, forget the modules imported meanwhile from
+    ``basetemp``, and put back the registrations (and pool memberships) there were before.
+
+    The autouse fixture below wraps every test in it; a fixture shared by several tests (module or session scope)
+    wraps its own work in it too, so that it hands the tests plain data (a Profile) and leaves no registration,
+    patch or imported module behind for them."""
     from twinkle.kernel.state import STATE
 
-    basetemp = tmp_path_factory.getbasetemp().resolve()
     modules_before = set(sys.modules)
     saved = STATE.registry.snapshot(), {pool: list(m) for pool, m in STATE.pool_members.items()}
     _reset_twinkle_kernel()
@@ -74,3 +81,18 @@ def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory):
         _forget_modules_under(basetemp, keep=modules_before)
         STATE.registry.restore(saved[0])
         STATE.pool_members.update(saved[1])
+
+
+@pytest.fixture(autouse=True)
+def _isolate_twinkle_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test runs against a clean twinkle.kernel state and leaves one behind."""
+    with clean_twinkle_kernel(tmp_path_factory.getbasetemp().resolve()):
+        yield
+
+
+@pytest.fixture(scope="session")
+def twinkle_kernel_isolation(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Any]:
+    """For fixtures shared by several tests: ``with twinkle_kernel_isolation(): ...`` runs their work in
+    ``clean_twinkle_kernel`` (the isolation every test gets), so that they leave nothing behind."""
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    return lambda: clean_twinkle_kernel(basetemp)

@@ -4,6 +4,7 @@ settings, so that every decision is clear-cut without any test asserting a speed
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +28,16 @@ def tune_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return sys.modules["tune_pkg"]
 
 
+def _fast_settings() -> TuneSettings:
+    return TuneSettings(device="cpu", trials=2, seed=0, timer=FAST_TIMER, time_limit_s=30)
+
+
 @pytest.fixture
 def settings() -> TuneSettings:
-    return TuneSettings(device="cpu", trials=2, seed=0, timer=FAST_TIMER, time_limit_s=30)
+    return _fast_settings()
+
+
+@pytest.fixture(scope="session")
+def new_settings() -> Callable[[], TuneSettings]:
+    """Factory of the ``settings`` above, for fixtures of a wider scope (a fresh, mutable copy per call)."""
+    return _fast_settings

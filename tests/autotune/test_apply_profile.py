@@ -3,6 +3,7 @@ a corrupt, missing or foreign profile applies nothing and says why."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ from autotune import autotune
 from twinkle.kernel import KernelError, kernel_report, kernelize_model
 from twinkle.kernel.function import register_function_kernel
 
-from tune_helpers import decision, edit_decisions, save
+from tune_helpers import decision, edit_decisions, save, write_package
 
 REGISTER = '''
 from twinkle.kernel import register_layer_kernel
@@ -31,14 +32,31 @@ register_layer_kernel("SlowNorm", layer_impl="tune_pkg.cands:FastNorm", device="
 '''
 
 
+@pytest.fixture(scope="module")
+def tuned_once(tmp_path_factory, twinkle_kernel_isolation, new_settings):
+    """The profile of tune_pkg.model.Net tuned in this process with the registrations in tune_pkg.register, once for
+    the tests of this module: in a package folder of its own, and leaving nothing registered, patched or imported
+    behind (each test registers them again in its own fresh tune_pkg)."""
+    site = write_package(tmp_path_factory.mktemp("tuned-once") / "site")
+    (site / "tune_pkg" / "register.py").write_text(REGISTER)
+    with twinkle_kernel_isolation(), pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(site))
+        for name in [n for n in sys.modules if n == "tune_pkg" or n.startswith("tune_pkg.")]:
+            mp.delitem(sys.modules, name)
+        import tune_pkg.model
+        import tune_pkg.register  # noqa: F401
+
+        return autotune(tune_pkg.model.Net(), tune_pkg.model.example(), new_settings())
+
+
 @pytest.fixture
-def tuned(tune_pkg, settings, tmp_path):
-    """A profile tuned in this process, written to disk, with the registrations in tune_pkg.register."""
+def tuned(tuned_once, tune_pkg, tmp_path):
+    """The profile tuned once (a copy of its own for this test), written to disk, with the registrations in
+    tune_pkg.register made in this test's tune_pkg."""
     (Path(tune_pkg.__file__).parent / "register.py").write_text(REGISTER)
     import tune_pkg.register  # noqa: F401
 
-    net = tune_pkg.model.Net()
-    profile = autotune(net, tune_pkg.model.example(), settings)
+    profile = copy.deepcopy(tuned_once)
     path = save(profile, tmp_path / "profiles" / "net.json")
     return path, profile
 

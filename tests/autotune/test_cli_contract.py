@@ -60,6 +60,7 @@ def test_success_writes_the_profile_and_reports_at_the_defaults(work):
     assert "profile: profiles/mymodel.json" in out.stdout
 
 
+@pytest.mark.slow
 def test_patience_is_recorded_and_a_bad_one_or_a_bad_time_limit_writes_nothing(work):
     out = tune(work, "mymodel.py", "--device", "cpu", "--trials", "3", "--patience", "1", "--quiet")
     assert out.returncode == 0, out.stderr
@@ -74,6 +75,7 @@ def test_patience_is_recorded_and_a_bad_one_or_a_bad_time_limit_writes_nothing(w
         assert not (work / "profiles" / "mymodel.json").exists()
 
 
+@pytest.mark.slow
 def test_explicit_paths_and_the_console_report(work):
     out = tune(work, "mymodel.py", "--device", "cpu", "--trials", "0", "--profile", "p/x.json",
                "--report-dir", "r")
@@ -82,6 +84,7 @@ def test_explicit_paths_and_the_console_report(work):
     assert "impl:tune_pkg.cands.scale_fast" in out.stdout and "End to end" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text, message", [
     ("broken.py", "raise RuntimeError('broken on purpose')\n", "importing it raised RuntimeError: broken on purpose"),
     ("nobuild.py", "def example_inputs():\n    return ()\n", "defines no build_model()"),
@@ -124,6 +127,7 @@ def test_memory_objective_on_cpu_is_refused_and_bad_flags_are_usage_errors(work)
     assert out.returncode == 2 and "--mode" in out.stderr
 
 
+@pytest.mark.slow
 def test_storage_lets_the_search_resume(work):
     storage = f"sqlite:///{work / 'study.db'}"
     first = tune(work, "mymodel.py", "--device", "cpu", "--trials", "2", "--storage", storage, "--quiet",
@@ -137,6 +141,7 @@ def test_storage_lets_the_search_resume(work):
     assert one == [0, 1] and two == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_the_embedded_example_runs(tmp_path):
     out = tune(tmp_path, str(ROOT / "examples" / "tiny_llama" / "model.py"), "--device", "cpu", "--trials", "2",
                "--quiet")

@@ -424,6 +424,7 @@ def test_compiled_pool_matches_the_originals(family, mode, tiny_model, compile_b
     assert STATE.cache(compiled.COMPILED_CACHE).get((cls.forward, "aot_eager")) is not None  # compiled, not fallen back
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on a CPU needs a C++ compiler")
 @pytest.mark.parametrize("mode", MODES)
 def test_compiled_pool_with_inductor(mode, tiny_model, compile_backend, caplog):

@@ -125,6 +125,14 @@ APPLIED = {"layer": 1, "function": 2, "all": 3, "hf_llama": 3, "hf_llama_compile
 # ------------------------------------------------------------------------------------------------ tests
 
 
+@pytest.fixture(autouse=True)
+def _example_with_two_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny_llama example built with 2 of its 4 blocks (put back after each test): a kernel repeated from block
+    to block is traced all the same, and tracing and compiling take half the time."""
+    monkeypatch.setattr(tiny_llama_module(), "LAYERS", 2)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", ["layer", "function", "all", "hf_llama", "hf_llama_compiled"])
 def test_kernelized_model_compiles_without_graph_breaks(case: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,6 +163,7 @@ def test_kernelized_model_compiles_without_graph_breaks(case: str, mode: str, mo
     assert graph_text(again) == graph_text(plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", ["layer", "function", "all", "hf_llama"])
@@ -240,6 +249,7 @@ def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_compile_check_smoke_on_the_cpu(tmp_path: Path) -> None:
     import json
     import subprocess
@@ -258,6 +268,7 @@ def test_compile_check_smoke_on_the_cpu(tmp_path: Path) -> None:
         assert row["compiled"] == "ok", row
 
 
+@pytest.mark.slow
 def test_compile_check_without_cuda_says_so_and_succeeds() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available: the script would run the real check")
@@ -279,6 +290,7 @@ class BreakingRMSNorm(nn.Module):
         return builtin.rms_norm(hidden_states, self.weight, self.eps)
 
 
+@pytest.mark.slow
 def test_compile_check_fails_a_kernel_that_adds_graph_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
     import time

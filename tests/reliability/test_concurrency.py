@@ -269,6 +269,7 @@ READER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_profiles_written_by_two_processes_are_never_read_torn(tmp_path: Path) -> None:
     from twinkle.kernel.profile import save_profile
 
@@ -302,6 +303,7 @@ def test_profiles_written_by_two_processes_are_never_read_torn(tmp_path: Path) -
     count("profile reads (1 process)", result["reads"])
 
 
+@pytest.mark.slow
 def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
     """The figures of this module (run after the tests above)."""
     if not DONE:

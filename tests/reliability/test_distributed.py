@@ -95,6 +95,7 @@ def winners(profile) -> set[str]:
     return {d.winner for t in profile.targets for d in t.decisions if d.winner}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", ["fsdp", "ddp"])
 def test_a_profile_applied_model_trains_like_the_original_on_every_rank(tmp_path, wrap):
     result = torchrun(tmp_path, "--wrap", wrap, "--profile", str(every_builtin(tmp_path / "p.json")))
@@ -112,6 +113,7 @@ def test_a_profile_applied_model_trains_like_the_original_on_every_rank(tmp_path
         assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (plain, tuned)
 
 
+@pytest.mark.slow
 def test_tuning_happens_on_rank_0_and_every_rank_applies_its_profile(tmp_path):
     from twinkle.kernel.profile import load_profile
 
@@ -251,6 +253,7 @@ KERNELS = {"impl:twinkle.kernel.builtin.RMSNorm", "impl:twinkle.kernel.builtin.s
            "impl:twinkle.kernel.builtin.apply_rotary"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["kernelized", "profile", "kernelized after wrapping"])
 @pytest.mark.parametrize("wrap", ["ddp", "fsdp"])
 def test_kernelized_models_train_like_the_original_with_the_same_kernels_on_every_rank(trained, wrap, variant):
@@ -273,6 +276,7 @@ def test_kernelized_models_train_like_the_original_with_the_same_kernels_on_ever
             assert rank_result[f"{wrap}/{variant}"]["unmeasured"] == {t: {} for t in BUILTIN}
 
 
+@pytest.mark.slow
 def test_the_profile_reaches_a_rank_without_the_file(trained):
     # rank 1's own path did not exist, yet it applied the profile's three winners, like rank 0
     assert trained[0]["fsdp/profile"]["choices"] == trained[1]["fsdp/profile"]["choices"]
@@ -324,6 +328,7 @@ def torch_randn(*shape: int):
     return torch.randn(*shape)
 
 
+@pytest.mark.slow
 def test_tune_on_rank0_tunes_once_and_every_rank_applies_the_same_profile(tmp_path):
     from twinkle.kernel.profile import load_profile
 

@@ -105,6 +105,7 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
 # ------------------------------------------------------------------------------------------------ paths first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, named", [
     (("--report-dir", "afile"), "--report-dir afile"),
     (("--report-dir", "afile/reports"), "--report-dir afile/reports"),
@@ -285,6 +286,7 @@ def test_a_profile_path_that_is_a_symlink_is_written_through(work, in_process, m
     assert _without_marker(snapshot(work)) == _without_marker(before)  # the link and its target as they were
 
 
+@pytest.mark.slow
 def test_a_profile_symlink_through_the_installed_command(work):
     (work / "store").mkdir()
     (work / "store" / "real.json").write_text("{}\n")
@@ -304,6 +306,7 @@ def _studies(storage: str) -> list[str]:
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
 
 
+@pytest.mark.slow
 def test_a_changed_model_file_starts_a_new_study(work):
     storage = f"sqlite:///{work / 'study.db'}"
     first = tune(work, "fcmodel.py", "--device", "cpu", "--trials", "2", "--storage", storage, "--quiet",
@@ -329,6 +332,7 @@ def test_a_changed_model_file_starts_a_new_study(work):
     assert _studies(storage) == names
 
 
+@pytest.mark.slow
 def test_each_input_set_searches_in_its_own_stored_study(work):
     model = work / "fcmodel.py"
     model.write_text(model.read_text().replace(

@@ -29,7 +29,7 @@ from twinkle.kernel.function import register_function_kernel
 from twinkle.kernel.profile import Decision, Profile, Row, Target, load_profile, save_profile
 
 COUNTS: Counter[str] = Counter()  # faults injected, runs, checks: printed when the module ends
-LIMIT_S = 0.75  # the per-candidate time limit of these runs; the hanging candidates sleep far longer
+LIMIT_S = 0.75  # the per-candidate time limit of these runs; the hanging candidates sleep 8 times longer (6 s)
 
 FILES = {
     "__init__.py": "",
@@ -88,12 +88,12 @@ FILES = {
             return (x * 2,)
 
         def scale_hangs(x):
-            time.sleep(60)
+            time.sleep(6)
             return x * 2
 
         def scale_hangs_later(x):  # right on the first call (the check), hangs while being timed
             if _count("hangs_later") > 1:
-                time.sleep(60)
+                time.sleep(6)
             return x * 2
 
         def scale_goes_wrong(x):  # right on the first call (the check), wrong ever after
@@ -117,7 +117,7 @@ FILES = {
 
         class HangingRepo:  # loading the kernel never finishes
             def load(self):
-                time.sleep(60)
+                time.sleep(6)
 
         class FastNorm(nn.Module):
             def forward(self, x):
@@ -143,7 +143,7 @@ FILES = {
 
         class HangNorm(nn.Module):
             def forward(self, x):
-                time.sleep(60)
+                time.sleep(6)
                 return x * self.weight
 
         class _BackwardRaises(torch.autograd.Function):
@@ -175,7 +175,7 @@ FILES = {
 
             @staticmethod
             def backward(ctx, g):
-                time.sleep(60)
+                time.sleep(6)
                 x, w = ctx.saved_tensors
                 return g * w, (g * x).sum_to_size(w.shape)
 
@@ -379,6 +379,7 @@ def check_reads_back(profile: Profile, path: Path) -> None:
     assert load_profile(path).to_json() == profile.to_json()
 
 
+@pytest.mark.slow
 def test_function_candidates_that_raise_mislead_or_hang_are_marked_and_never_win(faulty_pkg, settings, tmp_path):
     reg = {name: register_function_kernel("scale", "faulty_pkg.ops", func_impl=f"faulty_pkg.cands:{name}",
                                           device="cpu")
