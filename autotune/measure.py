@@ -264,7 +264,8 @@ def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str
             if m.comparison.matches and not m.overwrites_inputs:  # right outputs, but the caller's tensors changed
                 # in place, or its output is the caller's tensor, which the kernel did not declare: not a stand-in
                 moved = compare(inputs_after, (cand_step.args, cand_step.kwargs), tol, "inputs after the call")
-                aliased = alias_problem(original_aliasing, call_aliasing(cand_step.fn, site))
+                with time_limit(s.time_limit_s):  # a second call of the kernel: it may hang where the first did not
+                    aliased = alias_problem(original_aliasing, call_aliasing(cand_step.fn, site))
                 if not moved.matches:
                     m.comparison = Comparison(False, moved.max_abs_err,
                                               f"it changes its inputs unlike the original: {moved.detail}")
