@@ -52,6 +52,7 @@ def every_builtin(path: Path, seqs: tuple[int, ...] = (32, 64)) -> Path:
     import torch
 
     from autotune.capture import capture
+    from twinkle.kernel.plan import plan
     from autotune.model_file import load_model_file
     from twinkle.kernel import register_kernels
     from twinkle.kernel.profile import (Baseline, ClassRef, Decision, Profile, Row, Target, environment,
@@ -69,8 +70,8 @@ def every_builtin(path: Path, seqs: tuple[int, ...] = (32, 64)) -> Path:
     for seq in seqs:
         tokens = torch.randint(0, example.VOCAB, (2, seq), generator=torch.Generator().manual_seed(seq))
         with torch.enable_grad():
-            capture(model, lambda: model(tokens), {"rmsnorm": [cands["rmsnorm"]]},
-                    {t: [cands[t]] for t in BUILTIN if t != "rmsnorm"}, f"seq{seq}", sites)
+            targets = [t for t in plan(model, "cpu", "train").targets() if t.name in BUILTIN]
+            capture(model, lambda: model(tokens), targets, f"seq{seq}", sites)
     decisions: dict[str, list] = {t: [] for t in BUILTIN}
     for site in sites.values():
         cand = cands[site.target]
