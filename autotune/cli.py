@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, help="profile to write (default: profiles/<stem>.json)")
     p.add_argument("--report-dir", type=Path, help="report directory (default: reports/<stem>/)")
     p.add_argument("--trials", type=int, default=20, help="end-to-end search trials with optuna (0: none)")
-    p.add_argument("--patience", type=int, metavar="N",
-                   help="stop the search once N sampled trials in a row found nothing better (default: run all)")
+    p.add_argument("--patience", type=int, metavar="N", default=4,
+                   help="stop the search once N sampled trials in a row found nothing better (default: 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objective", choices=OBJECTIVES, default="latency")
     p.add_argument("--storage",

@@ -96,7 +96,8 @@ def study_name(name: str | None, space: dict[str, list[str | None]]) -> str:
 
 
 def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space: dict[str, list[str | None]],
-        first: Choices, s: TuneSettings, progress: Progress, enqueue: dict[str, Choices] | None = None) -> Found:
+        first: Choices, s: TuneSettings, progress: Progress, enqueue: dict[str, Choices] | None = None,
+        intervals: dict[str, dict[str | None, tuple[float, float]]] | None = None) -> Found:
     """Search ``space`` (entry key -> options, None meaning the original); return every trial and the best.
 
     ``first`` is tried first, then each combination of ``enqueue`` (label -> choices, e.g. a pool's all-in
@@ -105,6 +106,11 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
 
     ``evaluate`` returns the trial's timing, its peak memory and its time relative to the baseline measured in
     the same interleaved window; the latency objective is that ratio, so clock drift between trials cancels.
+
+    ``intervals`` (entry key -> option -> the 95% interval of its per-target speedup over the original, None being
+    the original at (1, 1)) lets the walk skip, for the latency objective, a move to an option significantly slower
+    at its target than the option it replaces: it cannot make the whole step faster. Seeds and sampled trials are
+    never skipped.
     """
     try:
         import optuna
@@ -152,7 +158,8 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
         progress("search", n + 1, remaining)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) >= seeded:  # the seeds are done: walk one-target moves from each new pick
-            walked_from = _walk(study, complete, space, walked_from, s.min_gain)
+            walked_from = _walk(study, complete, space, walked_from, s.min_gain,
+                                intervals if s.objective == "latency" else None)
         if s.patience is None or len(complete) <= seeded:
             continue
         # Sampled trials in a row that improve nothing (an improving trial of any kind resets the count); the
@@ -229,8 +236,10 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
     space = {k: v for k, v in space.items() if len(v) > 1}
     if s.trials > 0 and space:
         started = time.perf_counter()
+        intervals = {d.key: {None: (1.0, 1.0), **{r.id: (r.speedup_ci[0], r.speedup_ci[1])
+                                                  for r in d.decision.candidates if r.speedup_ci}} for d in drafts}
         found = run(lambda choices: run_trial({**choices, **settled}), space, per_target, s, progress,
-                           pool_combinations(space, pool_members()))
+                    pool_combinations(space, pool_members()), intervals)
         summary["search_s"] = time.perf_counter() - started
         summary["trials"] = found.trials
         summary["stopped_early"] = found.stopped_early
@@ -332,15 +341,33 @@ def pool_combinations(space: dict[str, list[str | None]], pools: dict[str, list[
 
 
 def _walk(study: Any, complete: list[Any], space: dict[str, list[str | None]], walked_from: int | None,
-          min_gain: float) -> int | None:
-    """Queue the one-target moves from the current pick, once per pick; returns the pick walked from."""
+          min_gain: float, intervals: dict[str, dict[str | None, tuple[float, float]]] | None = None) -> int | None:
+    """Queue the one-target moves from the current pick, once per pick, but those ``intervals`` show cannot win
+    (see ``run``); returns the pick walked from."""
     best = best_trial({t.number: list(t.values) for t in complete}, min_gain)
     if best is None or best == walked_from:
         return walked_from
     tried = [t.system_attrs.get("fixed_params") or t.params for t in study.trials]  # run, or queued
-    start = next(t for t in complete if t.number == best)
-    for move in neighbours({k: start.params.get(k) for k in space}, space):
-        if move not in tried:
-            study.enqueue_trial(move, user_attrs={"label": "walk"})
-            tried.append(move)
+    start = {k: next(t for t in complete if t.number == best).params.get(k) for k in space}
+    skipped = 0
+    for move in neighbours(start, space):
+        if move in tried:
+            continue
+        if intervals and _slower(intervals, start, move):
+            skipped += 1
+            continue
+        study.enqueue_trial(move, user_attrs={"label": "walk"})
+        tried.append(move)
+    if skipped:
+        logger.info("search: %d one-target moves from trial %d skipped: each option was significantly slower at its "
+                    "target than the one it would replace", skipped, best)
     return best
+
+
+def _slower(intervals: dict[str, dict[str | None, tuple[float, float]]], start: Choices, move: Choices) -> bool:
+    """Whether ``move`` (``start`` with one target changed) puts in an option whose per-target speedup interval lies
+    wholly below that of the option it replaces."""
+    key = next(k for k in move if move[k] != start.get(k))
+    known = intervals.get(key, {})
+    new, old = known.get(move[key]), known.get(start.get(key))
+    return new is not None and old is not None and new[1] < old[0]

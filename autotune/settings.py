@@ -54,7 +54,7 @@ class TuneSettings:
     device: str | None = None
     mode: str = "inference"
     trials: int = 20
-    patience: int | None = None  # stop the search once this many sampled trials in a row found nothing better
+    patience: int | None = 4  # stop the search once this many sampled trials in a row found nothing better (None: never)
     seed: int = 0
     objective: str = "latency"
     storage: str | None = None

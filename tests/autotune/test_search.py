@@ -19,7 +19,7 @@ FIRST = {"norm": "impl:a", "rope": None, "mlp": None}
 POOLS = {"pool:one": {"norm": "impl:b", "rope": "impl:x", "mlp": "impl:p"}}
 
 
-def search(scores, **settings):
+def search(scores, intervals=None, **settings):
     """Run the search with trial k scored scores(k, choices); return what it found and the choices evaluated."""
     seen = []
 
@@ -29,11 +29,11 @@ def search(scores, **settings):
         return Timing((relative,) * 4), 100.0, relative
 
     s = TuneSettings(device="cpu", seed=0, **settings)
-    return run(evaluate, SPACE, FIRST, s, lambda *a: None, POOLS), seen
+    return run(evaluate, SPACE, FIRST, s, lambda *a: None, POOLS, intervals), seen
 
 
 def test_without_patience_every_trial_of_the_budget_runs():
-    found, seen = search(lambda k, c: 1.0, trials=12)
+    found, seen = search(lambda k, c: 1.0, trials=12, patience=None)
     assert len(seen) == 12 and len(found.trials) == 12 and not found.stopped_early
 
 
@@ -49,6 +49,24 @@ def test_after_the_seeds_the_search_walks_one_target_at_a_time_from_the_best_the
     assert labels(found) == ["first", "pool:one"] + ["walk"] * 9 + [None] * 3
     assert seen[2:11] == moves  # every move from the pick, each changing one target
     assert found.stopped_early and found.best == POOLS["pool:one"]
+
+
+def test_the_walk_skips_moves_to_options_measured_significantly_slower_at_their_target():
+    # Per target: impl:c and impl:z were significantly slower than the pool's picks; impl:q overlaps impl:p.
+    intervals = {"norm": {None: (1.0, 1.0), "impl:a": (1.2, 1.4), "impl:b": (1.5, 1.7), "impl:c": (0.6, 0.8)},
+                 "rope": {None: (1.0, 1.0), "impl:x": (2.0, 2.2), "impl:y": (1.9, 2.1), "impl:z": (1.1, 1.3)},
+                 "mlp": {None: (1.0, 1.0), "impl:p": (1.1, 1.3), "impl:q": (1.0, 1.2)}}  # impl:r: not measured
+    found, seen = search(lambda k, c: [0.9, 0.8][k] if k < 2 else 1.0, intervals, trials=30, patience=3)
+    walked = [c for c, label in zip(seen, labels(found)) if label == "walk"]
+    pool = POOLS["pool:one"]  # the pick walked from: norm impl:b, rope impl:x, mlp impl:p
+    # tried: intervals that overlap the replaced option's (rope impl:y, mlp impl:q) or none known (mlp impl:r)
+    assert walked == [{**pool, "rope": "impl:y"}, {**pool, "mlp": "impl:q"}, {**pool, "mlp": "impl:r"}]
+    # skipped: every norm move (the original, impl:a, impl:c: all wholly below impl:b's 1.5-1.7), rope's original
+    # and impl:z (below impl:x's 2.0-2.2), mlp's original (1.0, below impl:p's 1.1-1.3)
+    # memory objectives keep every move: a slower option may be the lighter one
+    found, seen = search(lambda k, c: [0.9, 0.8][k] if k < 2 else 1.0, intervals, trials=30, patience=3,
+                         objective="memory")
+    assert labels(found).count("walk") == 9
 
 
 def test_the_walk_finds_the_best_combination_when_the_choices_add_up():
