@@ -122,6 +122,17 @@ def _signature(forward: Any) -> inspect.Signature:
     return inspect.signature(forward)
 
 
+def _arguments(forward: Any, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """How ``forward`` (an original forward, ``self`` first in ``args``) receives a call: its named parameters as
+    given, and what lands in its ``**kwargs``."""
+    params = _signature(forward).parameters
+    bound = _signature(forward).bind(*args, **kwargs)
+    named = {k: v for k, v in bound.arguments.items()
+             if params[k].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    extra = next((dict(v) for k, v in bound.arguments.items() if params[k].kind == inspect.Parameter.VAR_KEYWORD), {})
+    return named, extra
+
+
 def _causal_lm_loss(loss: LossFn, module: nn.Module, hidden_states: torch.Tensor, labels: torch.Tensor,
                     extra: dict[str, Any]) -> torch.Tensor:
     """The causal-LM loss of transformers' ``ForCausalLMLoss``, the head and the cross-entropy fused in ``loss``."""
@@ -157,18 +168,14 @@ def causal_lm_loss_layer(loss: LossFn, name: str = "FusedLinearCrossEntropy", mo
     """
     def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         original = type(self).forward
-        bound = _signature(original).bind(self, *args, **kwargs)
-        params = _signature(original).parameters
-        named = {k: v for k, v in bound.arguments.items()
-                 if params[k].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
-        extra = next((dict(v) for k, v in bound.arguments.items()
-                      if params[k].kind == inspect.Parameter.VAR_KEYWORD), {})
+        named, extra = _arguments(original, self, *args, **kwargs)
         labels = named.pop("labels", None)
         keep = named.pop("logits_to_keep", 0)
         if labels is None or not (isinstance(keep, int) and keep == 0):  # no loss, or logits asked for
             return original(self, *args, **kwargs)
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
+        params = _signature(original).parameters
         named.pop(next(iter(params)))  # self
         return_dict = extra.pop("return_dict", named.pop("return_dict", None))
         if return_dict is None:
@@ -256,15 +263,9 @@ def decoder_layer(add_norm: AddNorm, name: str = "FusedAddNormDecoderLayer", mod
     the residual add after attention and ``post_attention_layernorm`` as one ``add_norm(x, residual, weight, eps)``
     returning ``(rmsnorm(x + residual) * weight, x + residual)``."""
     def forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        bound = _signature(type(self).forward).bind(self, hidden_states, *args, **kwargs)
-        params = _signature(type(self).forward).parameters
-        passed: dict[str, Any] = {}
-        for key, value in list(bound.arguments.items())[2:]:  # self and hidden_states apart
-            if params[key].kind == inspect.Parameter.VAR_KEYWORD:
-                passed.update(value)
-            elif params[key].kind != inspect.Parameter.VAR_POSITIONAL:
-                passed[key] = value
-        attended = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **passed)
+        named, extra = _arguments(type(self).forward, self, hidden_states, *args, **kwargs)
+        passed = dict(list(named.items())[2:])  # self and hidden_states apart
+        attended = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **passed, **extra)
         attended = attended[0] if isinstance(attended, tuple) else attended
         norm = self.post_attention_layernorm
         normed, summed = add_norm(attended, hidden_states, norm.weight, eps_of(norm))
