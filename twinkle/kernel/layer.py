@@ -1,4 +1,4 @@
-"""Layer kernels: which module classes a kernel_name applies to, whether a kernel layer fits, and binding it.
+"""Layer kernels: which module classes a candidate serves, and whether a kernel layer fits a class's forward.
 
 A kernel layer is stateless: its ``forward`` is bound to the original instance, which keeps its parameters,
 buffers and ``state_dict``. Calls go straight to the kernel's forward, with no wrapper in between.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from types import MethodType
 from typing import Any
 
 import torch.nn as nn
@@ -100,8 +99,3 @@ def _signature_problem(kernel_fwd: Any, orig_fwd: Any, kname: str, oname: str) -
             continue
         return f"{prefix}: it requires {p.name!r}, which the original never receives"
     return None
-
-
-def bind(module: nn.Module, layer: type) -> None:
-    """Make ``module`` run ``layer.forward`` on itself."""
-    module.forward = MethodType(layer.forward, module)
