@@ -114,6 +114,7 @@ def decision(site: Site, original: Measured, per_cand: dict[str, Measured], s: T
                        # NaN/Inf where the original is finite: no figure (JSON has none), the mismatch says why
                        max_abs_err=c.max_abs_err if c is not None and c.max_abs_err is not None
                        and math.isfinite(c.max_abs_err) else None,
+                       float64_match=c is not None and c.matches and c.basis == "float64",
                        mismatch=c.detail if c is not None and not c.matches else None)
             row.update(achieved(step_bytes, row["median_ms"], copy_gbps))
         rows.append(Row(**row))

@@ -20,8 +20,8 @@ import torch
 from twinkle.kernel.plan import is_train, kernel_problem, original_of
 
 from .capture import Site, clone_inputs
-from .check import (Comparison, ProcessState, alias_problem, call_aliasing, compare, layer_changes, layer_state,
-                    repeated, restore_layer, state_changes)
+from .check import (Comparison, Float64Run, ProcessState, alias_problem, call_aliasing, compare, layer_changes,
+                    layer_state, repeated, restore_layer, state_changes)
 from .errors import FAULTS, time_limit
 from .roofline import call_bytes
 from .settings import TimerSettings, TuneSettings
@@ -234,6 +234,7 @@ def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str
         return base, {c.id: Measured(error=f"original raised: {base.error}") for c in site.candidates}
     out: dict[str, Measured] = {}
     steps: dict[str, Contender] = {ORIGINAL: Contender(ref_step)}
+    truth = Float64Run(site, site.args, site.kwargs, mode, s.seed)  # run once, only if a candidate needs it
     for cand in site.candidates:
         m = out[cand.id] = Measured()
         cand_start = time.perf_counter()
@@ -249,7 +250,7 @@ def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str
             with time_limit(s.time_limit_s):
                 cand_step = Step(kernel_call(site, kernel), clone_inputs(site.args), clone_inputs(site.kwargs), mode,
                                  params, s.seed)
-                m.comparison = compare(expected, cand_step.result(), tol)
+                m.comparison = compare(expected, cand_step.result(), tol, truth=truth)
             moved_state = state_changes(start, after_original)
             if moved_state:
                 m.comparison = None

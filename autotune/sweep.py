@@ -26,7 +26,7 @@ from twinkle.kernel.signature import at_path, size_positions
 from twinkle.kernel.profile import SizeRange
 
 from .capture import Site, clone_inputs
-from .check import compare, layer_state, restore_layer
+from .check import Float64Run, compare, layer_state, restore_layer
 from .errors import FAULTS, time_limit
 from .measure import Contender, Timer, kernel_call, original_call
 from .settings import TuneSettings
@@ -112,7 +112,7 @@ def sweep(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], 
             with time_limit(limit_s):
                 ref = Step(original, *_copies(args, kwargs), mode, params, seed)
                 cand = Step(kernel, *_copies(args, kwargs), mode, params, seed)
-                same = compare(ref.result(), cand.result(), tol)
+                same = compare(ref.result(), cand.result(), tol, truth=Float64Run(site, args, kwargs, mode, seed))
                 if not same.matches:
                     logger.info("%s: the winner does not match at size %d (%s): no range", site.target, size,
                                 same.detail)

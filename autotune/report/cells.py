@@ -45,7 +45,7 @@ def cells(d: DecisionRows, error_limit: int) -> list[Cells]:
         else:
             err = text.num(r.max_abs_err)
             size = "" if err is None else f"{err:.2g}" if math.isfinite(err) else str(err)
-            match = " ".join(filter(None, ("✓" if r.matches else "✗", size)))
+            match = " ".join(filter(None, ("✓" if r.matches else "✗", size, "f64" if r.float64_match else "")))
         out.append(Cells(r.candidate, text.time(r.median_ms, r.spread, in_unit), text.speedup(r.speedup, r.speedup_ci), match,
                          text.bandwidth(r.bandwidth_gbps, r.roofline_pct), r.verdict.text(error_limit), r.verdict.kind,
                          r.original))

@@ -61,7 +61,8 @@ def _heading(d: DecisionRows) -> Text:
 
 def _decisions_table(report: TuningReport) -> Table:
     """One section per decision: its heading, then the original's row and each candidate's."""
-    table = _table("Targets per call signature (times per model step; ★ = what runs after tuning)",
+    table = _table("Targets per call signature (times per model step; ★ = what runs after tuning; f64 = matched "
+                   "a float64 run as closely as the original)",
                    ("Target / candidate", "left"), ("Median ± spread\nSpeedup [95% CI]", "right"), ("Match", "left"))
     for d in report.decisions:
         table.add_row(_heading(d), Text(""), Text(""))

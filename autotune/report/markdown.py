@@ -53,7 +53,8 @@ def render(report: TuningReport) -> str:
         return "\n".join(out)
     out.append("One group of rows per target and call signature, with the input sets whose calls had it. "
                "★ marks what runs after tuning at that signature: the winning candidate, or the original when "
-               "no candidate won.\n")
+               "no candidate won. A match marked f64 was beyond the tolerance but errs from a float64 run of the "
+               "original by at most twice what the original does.\n")
     out.append("| target | calls | candidate | median ± spread | speedup [95% CI] | bandwidth | match | verdict |")
     out.append("|---|---:|---|---:|---:|---:|---|---|")
     for d in report.decisions:

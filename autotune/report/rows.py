@@ -62,6 +62,7 @@ class CandidateRow:
     bandwidth_gbps: float | None
     roofline_pct: float | None
     verdict: Verdict
+    float64_match: bool = False  # matched by the float64 rule (check.py), not within the tolerance
 
     @property
     def original(self) -> bool:
@@ -174,7 +175,7 @@ def _candidate_row(d: Decision, r: Row) -> CandidateRow:
     ci = (num(r.speedup_ci[0]), num(r.speedup_ci[1])) if r.speedup_ci is not None else None
     return CandidateRow(r.id, r.source, num(r.median_ms), num(r.spread), num(r.speedup), ci, r.significant, r.matches,
                         not (r.error or _unmeasured(r)), num(r.max_abs_err), r.error, num(r.bandwidth_gbps),
-                        num(r.roofline_pct), _candidate_verdict(d, r))
+                        num(r.roofline_pct), _candidate_verdict(d, r), r.float64_match)
 
 
 def _unmeasured(r: Row) -> bool:

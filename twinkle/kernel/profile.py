@@ -93,6 +93,7 @@ class Row:
     significant: bool = False
     matches: bool = False
     max_abs_err: float | None = None
+    float64_match: bool = False  # beyond the tolerance, but as near a float64 run of the original as the original
     mismatch: str | None = None
     error: str | None = None
     overwrites_inputs: bool = False
@@ -410,7 +411,7 @@ def _row(r: _Reader, data: Any, where: str) -> Row:
     for name in ("median_ms", "spread", "speedup", "max_abs_err", "bandwidth_gbps", "roofline_pct", "check_s"):
         if name in kw:
             kw[name] = r.number(kw[name], where, name)
-    for name in ("significant", "matches", "overwrites_inputs"):
+    for name in ("significant", "matches", "float64_match", "overwrites_inputs"):
         if name in kw:
             r.flag(kw[name], where, name)
     ci = kw.get("speedup_ci")
