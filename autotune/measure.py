@@ -25,6 +25,7 @@ from .check import (Comparison, Float64Run, ProcessState, alias_problem, call_al
 from .errors import FAULTS, time_limit
 from .roofline import call_bytes
 from .settings import TimerSettings, TuneSettings
+from .stats import Weighted, speedup_ci
 from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
@@ -74,12 +75,13 @@ class Timer:
             self._flush_buffer = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
 
     def quick(self) -> Timer:
-        """A timer taking half the samples per round and in all (the end-to-end search's trials use it; what
-        they find is timed again in full before it is chosen)."""
+        """A timer taking half the samples per round and in all, after one warm-up call (the end-to-end search's
+        trials use it, on kernels already loaded and run while measuring; what they find is timed again in full
+        before it is chosen)."""
         s = self.settings
         quick = copy.copy(self)  # shares the L2 flush buffer
-        quick.settings = replace(s, batch=max(1, s.batch // 2), min_samples=max(1, s.min_samples // 2),
-                                 max_seconds=s.max_seconds / 2)
+        quick.settings = replace(s, warmup=min(s.warmup, 1), batch=max(1, s.batch // 2),
+                                 min_samples=max(1, s.min_samples // 2), max_seconds=s.max_seconds / 2)
         return quick
 
     def time(self, fn: Callable[[], Any]) -> Timing:
@@ -101,9 +103,12 @@ class Timer:
             previous = current
         return Timing(tuple(samples))
 
-    def compare(self, contenders: dict[str, Contender], limit_s: float | None = None) -> dict[str, Timing | str]:
+    def compare(self, contenders: dict[str, Contender], limit_s: float | None = None,
+                decided: Callable[[dict[str, list[float]]], bool] | None = None) -> dict[str, Timing | str]:
         """Time several callables interleaved, round by round (rotating the order), so that drift and load from
-        elsewhere hit them alike. A contender that raises is dropped and its entry is the error text."""
+        elsewhere hit them alike. A contender that raises is dropped and its entry is the error text. Rounds stop
+        once every contender has ``min_samples`` and the medians are stable, or the verdict they feed is
+        ``decided`` (given the samples so far), or the time is up."""
         s = self.settings
         live: dict[str, Contender] = {}
         out: dict[str, Timing | str] = {}
@@ -140,7 +145,8 @@ class Timer:
             enough = all(len(v) >= s.min_samples for v in samples.values())
             stable = all(name in previous and abs(current[name] - previous[name]) <= s.rel_tol * previous[name]
                          for name in current)
-            if enough and (stable or time.perf_counter() - start > s.max_seconds * len(contenders)):
+            if enough and (stable or time.perf_counter() - start > s.max_seconds * len(contenders)
+                           or (decided is not None and decided(samples))):
                 break
             previous = current
         for name, v in samples.items():
@@ -282,7 +288,7 @@ def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str
             start.restore()
             m.seconds = time.perf_counter() - cand_start
         tick()
-    timings = timer.compare(steps, s.time_limit_s)
+    timings = timer.compare(steps, s.time_limit_s, decided=lambda samples: decided(samples, out, s))
     zero_grads(params)
     restore_layer(site.module, before)
     start.restore()
@@ -310,6 +316,27 @@ def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str
             m.timing = result
     base.seconds = time.perf_counter() - site_start
     return base, out
+
+
+RACE_RESAMPLES = 400  # bootstrap resamples of the stopping rule (the verdict itself takes decide.BOOTSTRAP)
+
+
+def decided(samples: dict[str, list[float]], measured: dict[str, Measured], s: TuneSettings) -> bool:
+    """Whether more samples could change the verdict at a signature: no matching candidate's speedup interval
+    still straddles the winning line ``1 + min_gain`` (one that does not match can never win, however timed)."""
+    base = samples.get(ORIGINAL)
+    if not base:
+        return False
+    line = 1 + s.min_gain
+    for cand_id, v in samples.items():
+        m = measured.get(cand_id)
+        if cand_id == ORIGINAL or m is None or m.comparison is None or not m.comparison.matches:
+            continue
+        _, low, high = speedup_ci(Weighted((tuple(base),), (1,)), Weighted((tuple(v),), (1,)), s.seed,
+                                  n=RACE_RESAMPLES)
+        if low <= line <= high:
+            return False
+    return True
 
 
 def original_call(site: Site) -> Callable[..., Any]:

@@ -31,7 +31,8 @@ from twinkle.kernel.profile import Environment
 
 from .capture import clone_inputs
 from .check import whole_model
-from .decide import NOISY, beats, figures, one, speedup_ci
+from .decide import NOISY, beats, figures, one
+from .stats import speedup_ci
 from .errors import TuneError
 from .measure import Contender, Timer, Timing
 from .record import Draft, combination_profile
