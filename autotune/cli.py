@@ -27,7 +27,7 @@ from twinkle.kernel.profile import Profile, save_profile
 from twinkle.kernel.signature import describe
 
 from .errors import TuneError
-from .settings import OBJECTIVES, Progress, TuneSettings
+from .settings import EXHAUSTIVE_MAX, OBJECTIVES, Progress, TuneSettings
 from .tuner import autotune
 
 REPORT_FILES = ("report.md", "targets.csv", "latency.png")  # what save_reports writes
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=20, help="end-to-end search trials with optuna (0: none)")
     p.add_argument("--patience", type=int, metavar="N", default=4,
                    help="stop the search once N sampled trials in a row found nothing better (default: 4)")
+    p.add_argument("--exhaustive", action="store_true",
+                   help=f"time every combination end to end where an input set has at most {EXHAUSTIVE_MAX} (an "
+                        "oracle for the search; --trials and --patience then do not apply)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objective", choices=OBJECTIVES, default="latency")
     p.add_argument("--storage",
@@ -116,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = None if sets is not None else model_file.inputs()
         mode = "train" if args.mode == "training" else args.mode
         settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, patience=args.patience,
-                                seed=args.seed, objective=args.objective, storage=args.storage,
+                                exhaustive=args.exhaustive, seed=args.seed, objective=args.objective, storage=args.storage,
                                 study_name=study_name(model_file.path, args.device, mode, args.objective,
                                                       sets if sets is not None else inputs),
                                 time_limit_s=args.time_limit, tolerances=model_file.tolerances())

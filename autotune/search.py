@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from .stats import speedup_ci
 from .errors import TuneError
 from .measure import Contender, Timer, Timing
 from .record import Draft, combination_profile
-from .settings import Progress, TuneSettings
+from .settings import EXHAUSTIVE_MAX, Progress, TuneSettings
 from .step import Step
 
 logger = logging.getLogger("twinkle.autotune")
@@ -50,6 +52,22 @@ class Found:
     best: Choices | None
     pareto: list[dict[str, Any]] | None = None
     stopped_early: bool = False
+
+
+def combinations(space: dict[str, list[str | None]]) -> int:
+    """How many combinations ``space`` holds."""
+    return math.prod(len(options) for options in space.values())
+
+
+def exhaustive(space: dict[str, list[str | None]]) -> list[Choices] | None:
+    """Every combination of ``space``, or None (with a warning) where there are more than ``EXHAUSTIVE_MAX``."""
+    count = combinations(space)
+    if count > EXHAUSTIVE_MAX:
+        logger.warning("exhaustive search: %d combinations, more than %d: the usual search runs instead", count,
+                       EXHAUSTIVE_MAX)
+        return None
+    keys = list(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
 
 
 def improves(values: list[float], earlier: list[list[float]]) -> bool:
@@ -127,6 +145,9 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
         raise TuneError(f"cannot open the optuna storage {s.storage!r}: {exc}") from exc
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     labels: list[tuple[str, dict[str, str | None]]] = [("first", {k: first.get(k) for k in space})]
+    every = exhaustive(space) if s.exhaustive else None
+    if every is not None:  # an oracle: every combination is a seed, and nothing else runs
+        enqueue = {**(enqueue or {}), **{f"combination {i}": c for i, c in enumerate(every)}}
     for label, choices in (enqueue or {}).items():
         params = {k: choices.get(k) for k in space}
         if all(params != p for _, p in labels):
@@ -134,7 +155,7 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
     for label, params in labels:
         if not any(t.params == params for t in study.trials):
             study.enqueue_trial(params, user_attrs={"label": label})
-    remaining = max(0, s.trials - len(done))
+    remaining = max(0, (len(labels) if every is not None else s.trials) - len(done))
     if done:
         logger.info("resuming study %s: %d trials done, %d to go", study.study_name, len(done), remaining)
     distributions = {k: optuna.distributions.CategoricalDistribution(options) for k, options in space.items()}
@@ -158,10 +179,10 @@ def run(evaluate: Callable[[Choices], tuple[Timing, float | None, float]], space
         study.tell(trial, values)
         progress("search", n + 1, remaining)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) >= seeded:  # the seeds are done: walk one-target moves from each new pick
+        if len(complete) >= seeded and every is None:  # the seeds are done: walk one-target moves from each new pick
             walked_from = _walk(study, complete, space, walked_from, s.min_gain,
                                 intervals if s.objective == "latency" else None)
-        if s.patience is None or len(complete) <= seeded:
+        if s.patience is None or len(complete) <= seeded or every is not None:
             continue
         # Sampled trials in a row that improve nothing (an improving trial of any kind resets the count); the
         # seeds and the walk's moves run whatever the count.
@@ -242,6 +263,7 @@ def end_to_end(model: nn.Module, step: Step, drafts: list[Draft], decided: set[s
         found = run(lambda choices: run_trial({**choices, **settled}), space, per_target, s, progress,
                     pool_combinations(space, pool_members()), intervals)
         summary["search_s"] = time.perf_counter() - started
+        summary["combinations"] = combinations(space)
         summary["trials"] = found.trials
         summary["stopped_early"] = found.stopped_early
         if found.pareto is not None:

@@ -10,8 +10,9 @@ from typing import Any
 from .errors import TuneError
 
 __all__ = ["TuneSettings", "TimerSettings", "DEFAULT_TOLERANCES", "OBJECTIVES", "MIN_GAIN", "CONFIDENCE",
-           "tolerances", "input_sets"]
+           "tolerances", "input_sets", "EXHAUSTIVE_MAX"]
 
+EXHAUSTIVE_MAX = 64  # combinations an exhaustive search times at most, per input set
 MIN_GAIN = 0.03  # a winner must be at least 3% faster, at the lower end of its confidence interval
 CONFIDENCE = 0.95
 OBJECTIVES = ("latency", "memory", "both")
@@ -63,6 +64,7 @@ class TuneSettings:
     tolerances: dict[str, dict[str, float]] | None = None
     time_limit_s: float = 120.0
     timer: TimerSettings = field(default_factory=TimerSettings)
+    exhaustive: bool = False  # time every combination end to end where there are at most EXHAUSTIVE_MAX
     sweep: bool = True  # check each winner across sizes, so its verdict may serve the range checked (sweep.py)
 
     def check(self) -> None:

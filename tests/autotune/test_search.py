@@ -159,3 +159,18 @@ def test_the_search_trials_timer_takes_half_the_samples_of_the_final_comparison(
     assert full.settings.batch == 10  # the full timer is left as it was
     timing = quick.time(lambda: None)
     assert len(timing.samples) >= 10
+
+
+def test_an_exhaustive_search_times_every_combination_once_and_picks_the_best():
+    best = {"norm": "impl:c", "rope": "impl:y", "mlp": None}
+    found, seen = search(lambda k, c: 0.5 if c == best else 1.0, trials=3, patience=1, exhaustive=True)
+    assert len(seen) == 64 and len({tuple(c.items()) for c in seen}) == 64  # 4 x 4 x 4, none twice
+    assert labels(found)[:2] == ["first", "pool:one"] and found.best == best and not found.stopped_early
+
+
+def test_over_the_limit_an_exhaustive_search_falls_back_to_the_usual_one(caplog):
+    wide = {**SPACE, "loss": [None, "impl:l"]}  # 128 combinations
+    s = TuneSettings(device="cpu", seed=0, trials=5, patience=None, exhaustive=True)
+    seen = []
+    run(lambda c: (seen.append(c), (Timing((1.0,) * 4), 100.0, 1.0))[1], wide, FIRST, s, lambda *a: None)
+    assert len(seen) == 5 and "128 combinations, more than 64" in caplog.text
