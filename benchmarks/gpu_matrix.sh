@@ -7,7 +7,8 @@
 #              profiles/matrix/<model>-train.json           the long set, --mode train
 #              profiles/matrix/<model>-compile.json         both input sets, --mode compile
 #              profiles/matrix/<model>-train+compile.json   the long set, --mode train+compile
-#            $TRAIN_OBJECTIVE (e.g. both) adds --objective to the two train tunings; reports in reports/matrix/tune/
+#            $TRAIN_OBJECTIVE (e.g. both) adds --objective to the two train tunings, $EXHAUSTIVE=1 --exhaustive to
+#            every tuning (an oracle where a set has at most 64 combinations); reports in reports/matrix/tune/
 #   matrix   benchmarks/matrix.py with those profiles: ${ROUNDS:-3} interleaved rounds ($STACKS: a subset)
 # Models: llama = TinyLlama-1.1B's shape (size tinyllama), qwen3 = Qwen3-0.6B's shape (size qwen3-0.6b).
 # Everything is logged to reports/matrix/run.log; with $OUT set, the log and a tarball of profiles/matrix and
@@ -35,8 +36,13 @@ tune() {  # tune MODEL NAME ARGS...: one tuning of MODEL's size, its wall time l
     "examples/hf_llama/model.py --device cuda $* --profile profiles/matrix/$name.json" \
     "--report-dir reports/matrix/tune/$name"
   TWINKLE_EXAMPLE_SIZE=$size python3 -m autotune.cli examples/hf_llama/model.py --device cuda "$@" \
+    ${EXHAUSTIVE:+--exhaustive} \
     --profile "profiles/matrix/$name.json" --report-dir "reports/matrix/tune/$name" 2>&1 | tee -a "$LOG"
   say "tuning wall time ($name): $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
+  save
+}
+save() {  # with $OUT set: the log and a tarball of what is there so far (a run cut short keeps what it finished)
+  if [ -n "${OUT:-}" ]; then cp "$LOG" "$OUT/matrix-run.log"; tar czf "$OUT/matrix.tgz" profiles/matrix reports/matrix; fi
 }
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, transformers as t; print('torch', torch.__version__, 'cuda', torch.version.cuda,
@@ -69,4 +75,4 @@ for stage in $STAGES; do
   esac
 done
 say "=== done ($(date -u +%H:%M:%S))"
-if [ -n "${OUT:-}" ]; then cp "$LOG" "$OUT/matrix-run.log"; tar czf "$OUT/matrix.tgz" profiles/matrix reports/matrix; fi
+save

@@ -243,7 +243,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         _apply_liger_kernel_to_instance(model=model)
     info = {"class": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-            "sets": {name: list(s["input_ids"].shape) for name, s in sets.items()}}
+            "sets": {name: list(s["input_ids"].shape) for name, s in sets.items()},
+            "device": torch.cuda.get_device_name() if spec["device"] == "cuda" else "cpu",
+            "versions": _versions()}
     by_name = {w.name: w for w in WORKLOADS}
     cells = []
     for name, profile in spec["workloads"]:
@@ -369,7 +371,12 @@ def run_rounds(args: argparse.Namespace, runs: dict[tuple[str, str], list[tuple[
                 log = out / "logs" / f"r{r + 1}-{model}-{stack}.log"
                 result = run_worker(spec, args.size[model], args.timeout, log)
                 wall = time.monotonic() - t0
-                records.append({"round": r + 1, "model": model, "stack": stack, "wall_s": round(wall, 1), **result})
+                record = {"round": r + 1, "model": model, "stack": stack, "wall_s": round(wall, 1), **result}
+                records.append(record)
+                from twinkle.kernel.profile import write_json_atomic
+
+                # kept as it comes: a run cut short, or runs split over several calls, are summarised later
+                write_json_atomic(out / "records" / f"r{r + 1}-{model}-{stack}.json", record)
                 if "info" in result:
                     infos.setdefault(model, result["info"])
                 print(f"round {r + 1}/{args.rounds} {model:6} {stack:14} {_progress(result)} ({wall:.0f} s)",
@@ -610,6 +617,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--out", default="reports/matrix")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run of the harness only")
+    p.add_argument("--summarize", action="store_true",
+                   help="run nothing: summarise the records already in OUT/records (of earlier, possibly split, runs)")
     p.add_argument("--cpu-threads", type=int, default=1, help="torch threads of a worker on --device cpu")
     return p
 
@@ -623,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available() and not args.summarize:
         print("matrix: no CUDA device; this benchmark runs on a GPU (--device cpu smoke-tests the harness)")
         return 0
     args.size = _size_map(args.size)
@@ -636,10 +645,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in skipped:
         print(f"skip {s['model']:6} {s['stack']:14} {s['workload']:12} {s['reason']}", flush=True)
     out = Path(args.out)
-    records, infos = run_rounds(args, runs, out)
+    if args.summarize:
+        records = [json.loads(f.read_text()) for f in sorted((out / "records").glob("*.json"))]
+        records = [r for r in records if r["model"] in args.models and r["stack"] in args.stacks]
+        infos = {}
+        for rec in records:
+            if "info" in rec:
+                infos.setdefault(rec["model"], rec["info"])
+        args.rounds = max((r["round"] for r in records), default=0)
+    else:
+        records, infos = run_rounds(args, runs, out)
     cells = summarize(records, skipped, args.models, args.stacks, args.workloads)
     rows = compare(cells, args.models, args.workloads, args.resamples)
-    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "versions": _versions(),
+    ran_on = next(iter(infos.values()), {})  # --summarize: the workers' machine, not this one
+    meta = {"device": ran_on.get("device") or (torch.cuda.get_device_name() if args.device == "cuda" else "cpu"),
+            "versions": ran_on.get("versions") or _versions(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
             "rounds": args.rounds, "warmup": args.warmup, "compile_warmup": args.compile_warmup,
             "train_steps": args.train_steps, "infer_steps": args.infer_steps, "compile_backend": args.compile_backend,
