@@ -75,13 +75,13 @@ class Timer:
             self._flush_buffer = torch.empty(max(2 * l2, 64 << 20) // 4, dtype=torch.int32, device="cuda")
 
     def quick(self) -> Timer:
-        """A timer taking half the samples per round and in all, after one warm-up call (the end-to-end search's
-        trials use it, on kernels already loaded and run while measuring; what they find is timed again in full
-        before it is chosen)."""
+        """A timer taking a third of the samples per round and in all, after one warm-up call, for at most half
+        the time (the end-to-end search's trials use it, on kernels already loaded and run while measuring; what
+        they find is timed again in full before it is chosen)."""
         s = self.settings
         quick = copy.copy(self)  # shares the L2 flush buffer
-        quick.settings = replace(s, warmup=min(s.warmup, 1), batch=max(1, s.batch // 2),
-                                 min_samples=max(1, s.min_samples // 2), max_seconds=s.max_seconds / 2)
+        quick.settings = replace(s, warmup=min(s.warmup, 1), batch=max(1, s.batch // 3),
+                                 min_samples=max(1, s.min_samples // 3), max_seconds=s.max_seconds / 2)
         return quick
 
     def time(self, fn: Callable[[], Any]) -> Timing:
@@ -322,8 +322,10 @@ RACE_RESAMPLES = 400  # bootstrap resamples of the stopping rule (the verdict it
 
 
 def decided(samples: dict[str, list[float]], measured: dict[str, Measured], s: TuneSettings) -> bool:
-    """Whether more samples could change the verdict at a signature: no matching candidate's speedup interval
-    still straddles the winning line ``1 + min_gain`` (one that does not match can never win, however timed)."""
+    """Whether more samples would still tell anything at a signature: every matching candidate's speedup interval
+    lies on one side of the winning line ``1 + min_gain``, or is already narrower than ``min_gain`` (its speedup
+    is known to within a gain too small to count; the end-to-end search times such close calls whole). One that
+    does not match can never win, however timed."""
     base = samples.get(ORIGINAL)
     if not base:
         return False
@@ -334,7 +336,7 @@ def decided(samples: dict[str, list[float]], measured: dict[str, Measured], s: T
             continue
         _, low, high = speedup_ci(Weighted((tuple(base),), (1,)), Weighted((tuple(v),), (1,)), s.seed,
                                   n=RACE_RESAMPLES)
-        if low <= line <= high:
+        if low <= line <= high and high - low >= s.min_gain:
             return False
     return True
 
