@@ -329,16 +329,20 @@ def decided(samples: dict[str, list[float]], measured: dict[str, Measured], s: T
     base = samples.get(ORIGINAL)
     if not base:
         return False
-    line = 1 + s.min_gain
     for cand_id, v in samples.items():
         m = measured.get(cand_id)
         if cand_id == ORIGINAL or m is None or m.comparison is None or not m.comparison.matches:
             continue
-        _, low, high = speedup_ci(Weighted((tuple(base),), (1,)), Weighted((tuple(v),), (1,)), s.seed,
-                                  n=RACE_RESAMPLES)
-        if low <= line <= high and high - low >= s.min_gain:
+        if not settled(base, v, 1 + s.min_gain, s.min_gain, s.seed):
             return False
     return True
+
+
+def settled(base: list[float], other: list[float], line: float, min_gain: float, seed: int) -> bool:
+    """Whether the speedup of ``other`` over ``base`` is known well enough against ``line``: its interval (a quick
+    bootstrap) lies on one side of it, or is narrower than ``min_gain``."""
+    _, low, high = speedup_ci(Weighted((tuple(base),), (1,)), Weighted((tuple(other),), (1,)), seed, n=RACE_RESAMPLES)
+    return not low <= line <= high or high - low < min_gain
 
 
 def original_call(site: Site) -> Callable[..., Any]:

@@ -5,7 +5,8 @@ a winner, the sweep takes the size ``N`` of the second-to-last dimension of the 
 row dimension of transformers' layers and functions) and every other dimension of size ``N`` that is not a tensor's
 last (feature) dimension: these vary together. At each checked size (1, 7, 17, 63, 129, N/2+1, N-1 and N, those
 up to N: sizes that are not multiples of 8, 16 or 64 among them) it runs the original and the winner on fresh random
-inputs (uniform over each captured tensor's value range), compares them and times both, interleaved.
+inputs (uniform over each captured tensor's value range), compares them and times both, interleaved, until it is
+clear which is faster (the speedup's quick interval excludes 1, or is narrower than ``min_gain``) or the medians settle.
 
 The range is ``[low, N]``: ``low`` is the smallest checked size from which, at every checked size, the winner matched
 and was not slower than the original. A mismatch at any checked size gives no range. A call is covered when its
@@ -28,8 +29,8 @@ from twinkle.kernel.profile import SizeRange
 from .capture import Site, clone_inputs
 from .check import Float64Run, compare, layer_state, restore_layer
 from .errors import FAULTS, time_limit
-from .measure import Contender, Timer, kernel_call, original_call
-from .settings import TuneSettings
+from .measure import Contender, Timer, kernel_call, original_call, settled
+from .settings import MIN_GAIN, TuneSettings
 from .step import Step, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
@@ -97,7 +98,7 @@ def fresh_inputs(site: Site, size: int, positions: tuple[tuple[int, ...], ...],
 
 def sweep(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], mode: str, params: list[torch.Tensor],
           timer: Timer, tol: dict[str, dict[str, float]], seed: int, limit_s: float | None,
-          restore: Callable[[], None]) -> SizeRange | None:
+          restore: Callable[[], None], min_gain: float = MIN_GAIN) -> SizeRange | None:
     """The range of sizes over which the winner ``kernel`` was checked against ``original`` (see the module doc)."""
     found = sweep_positions(site.key)
     if found is None:
@@ -117,7 +118,10 @@ def sweep(site: Site, original: Callable[..., Any], kernel: Callable[..., Any], 
                     logger.info("%s: the winner does not match at size %d (%s): no range", site.target, size,
                                 same.detail)
                     return None
-                timings = quick.compare({"original": Contender(ref), "winner": Contender(cand)}, limit_s)
+                # timed until it is clear whether the winner is slower at this size (or known to within min_gain)
+                timings = quick.compare({"original": Contender(ref), "winner": Contender(cand)}, limit_s,
+                                        decided=lambda t: len(t) == 2 and settled(t["original"], t["winner"], 1.0,
+                                                                                    min_gain, seed))
         except FAULTS as exc:  # the original or the winner cannot run at this size: no range
             logger.info("%s: size %d cannot be checked (%s: %s): no range", site.target, size, type(exc).__name__, exc)
             return None
@@ -151,7 +155,7 @@ def winner_range(site: Site, winner: str, device: str, mode: str, timer: Timer, 
     before = layer_state(site.module)
     try:
         return sweep(site, original_call(site), kernel_call(site, cand.load(device)), mode, params, timer, tol,
-                     s.seed, s.time_limit_s, lambda: restore_layer(site.module, before))
+                     s.seed, s.time_limit_s, lambda: restore_layer(site.module, before), s.min_gain)
     except FAULTS as exc:  # a sweep that fails only costs the range
         logger.info("%s: no range for %s: %s: %s", site.target, winner, type(exc).__name__, exc)
         return None

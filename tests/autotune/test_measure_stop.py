@@ -38,3 +38,12 @@ def test_a_candidate_that_does_not_match_never_holds_the_timing_up():
     timed = {ORIGINAL: samples(10.0, 0.8), "wrong": samples(9.7, 0.8, seed=1)}
     wrong = {"wrong": Measured(comparison=Comparison(False, 1.0, "beyond the tolerance"))}
     assert decided(timed, wrong, S)
+
+
+def test_the_sweep_stops_timing_a_size_once_it_is_clear_which_side_of_1_the_winner_is():
+    from autotune.measure import settled
+
+    base = samples(10.0, 0.05)
+    assert settled(base, samples(8.0, 0.05, seed=1), 1.0, S.min_gain, S.seed)  # clearly faster
+    assert settled(base, samples(12.0, 0.05, seed=1), 1.0, S.min_gain, S.seed)  # clearly slower
+    assert not settled(samples(10.0, 1.0), samples(10.0, 1.0, seed=1), 1.0, S.min_gain, S.seed)  # noisy and even
