@@ -27,12 +27,12 @@ import torch
 import torch.nn as nn
 
 from twinkle.kernel import unkernelize
-from twinkle.kernel.plan import is_train, original_of
+from twinkle.kernel.plan import original_of
 
 from .capture import Site, clone_inputs, map_tensors
 from .errors import FAULTS, time_limit
 from .settings import TuneSettings, tolerances
-from .step import Step, tensors, zero_grads
+from .step import Step, eager, tensors, zero_grads
 
 logger = logging.getLogger("twinkle.autotune")
 
@@ -191,9 +191,8 @@ class Float64Run:
             else:
                 fn = original_of(site.target)
             args, kwargs = to_float64(self.inputs)
-            mode = "train" if is_train(self.mode) else "inference"  # eager: the reference is not compiled
             params = list(layer.parameters()) if layer is not None else []
-            return Step(fn, args, kwargs, mode, params, self.seed).result()
+            return Step(fn, args, kwargs, eager(self.mode), params, self.seed).result()  # the reference: not compiled
         except FAULTS as exc:
             logger.info("%s: no float64 run of the original (%s: %s)", site.target, type(exc).__name__, exc)
             return None

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from twinkle.kernel.plan import DEVICES, MODES, default_device, parse_device, registered
+from twinkle.kernel.plan import DEVICES, MODES, default_device, is_compile, parse_device, registered
 from twinkle.kernel.profile import Profile, save_profile
 from twinkle.kernel.signature import describe
 
@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="inference", choices=MODES + ("training",), help="default: inference")
     p.add_argument("--profile", type=Path, help="profile to write (default: profiles/<stem>.json)")
     p.add_argument("--report-dir", type=Path, help="report directory (default: reports/<stem>/)")
-    p.add_argument("--trials", type=int, default=20, help="end-to-end search trials with optuna (0: none)")
+    p.add_argument("--trials", type=int,
+                   help="end-to-end search trials with optuna (0: none; default 20, and 0 in compile modes, where "
+                        "each trial compiles the whole model again)")
     p.add_argument("--patience", type=int, metavar="N", default=4,
                    help="stop the search once N sampled trials in a row found nothing better (default: 4)")
     p.add_argument("--exhaustive", action="store_true",
@@ -118,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = model_file.input_sets() if model_file.has_sets() else None
         inputs = None if sets is not None else model_file.inputs()
         mode = "train" if args.mode == "training" else args.mode
-        settings = TuneSettings(device=args.device, mode=mode, trials=args.trials, patience=args.patience,
+        trials = args.trials if args.trials is not None else 0 if is_compile(mode) else 20
+        settings = TuneSettings(device=args.device, mode=mode, trials=trials, patience=args.patience,
                                 exhaustive=args.exhaustive, seed=args.seed, objective=args.objective, storage=args.storage,
                                 study_name=study_name(model_file.path, args.device, mode, args.objective,
                                                       sets if sets is not None else inputs),

@@ -8,8 +8,14 @@ from typing import Any
 import torch
 
 from twinkle.kernel.plan import is_compile, is_train
+from twinkle.kernel.pools import compile_backend
 
 from .capture import clone_inputs
+
+
+def eager(mode: str) -> str:
+    """``mode`` without compiling: the same calls, run as written (capture and float64 references run so)."""
+    return "train" if is_train(mode) else "inference"
 
 
 def tensors(value: Any) -> list[torch.Tensor]:
@@ -43,8 +49,8 @@ class Step:
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], mode: str,
                  params: list[torch.Tensor], seed: int) -> None:
         self.fn, self.mode, self.params = fn, mode, params
-        if is_compile(mode):
-            self.fn = torch.compile(fn)
+        if is_compile(mode):  # the compiled pool's backend (inductor unless TWINKLE_COMPILE_BACKEND names another)
+            self.fn = torch.compile(fn, backend=compile_backend())
         self.args, self.kwargs = args, kwargs
         self.train = is_train(mode)
         self._grads: list[torch.Tensor] | None = None

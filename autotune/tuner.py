@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from twinkle.kernel import unkernelize
-from twinkle.kernel.plan import default_device, is_train, parse_device, parse_mode, patches_kept, plan
+from twinkle.kernel.plan import default_device, is_compile, is_train, parse_device, parse_mode, patches_kept, plan
 from twinkle.kernel.profile import ClassRef, Profile, environment
 
 from .capture import Site, capture, map_tensors
@@ -30,7 +30,7 @@ from .record import Draft, targets_of
 from .roofline import COPY_BYTES, copy_bandwidth_gbps
 from .search import end_to_end
 from .settings import CONFIDENCE, Inputs, Progress, TuneSettings, input_sets, tolerances
-from .step import Step, zero_grads
+from .step import Step, eager, zero_grads
 from .sweep import winner_range
 
 
@@ -71,8 +71,28 @@ def autotune(model: nn.Module, inputs: Inputs | None = None, settings: TuneSetti
     if s.objective != "latency" and device not in ("cuda", "rocm"):
         raise TuneError(f"objective {s.objective!r} needs peak-memory statistics, which only cuda/rocm keep; "
                         f"use --objective latency on {device}")
-    with _no_trace(model):
+    with _no_trace(model), _compiles(mode):
         return _tune(model, named, s, device, mode, progress or (lambda stage, done, total: None), model_name)
+
+
+RECOMPILES = 1024  # torch.compile recompilations of one function while tuning (each candidate, each combination)
+
+
+@contextlib.contextmanager
+def _compiles(mode: str) -> Iterator[None]:
+    """In compile modes, let torch.compile recompile as often as tuning needs, and raise past that instead of
+    quietly leaving a frame uncompiled: every candidate and every combination of the search is the same code of the
+    tuner called with other kernels, a recompilation each time (past the default limit of 8, torch.compile stopped
+    compiling those frames and compiled what they call apart, with a graph break at the edge)."""
+    if not is_compile(mode):
+        yield
+        return
+    import torch._dynamo.config as dynamo
+
+    wanted = {"recompile_limit": RECOMPILES, "accumulated_recompile_limit": 4 * RECOMPILES,
+              "fail_on_recompile_limit_hit": True}
+    with dynamo.patch(**{k: v for k, v in wanted.items() if hasattr(dynamo, k)}):
+        yield
 
 
 @contextlib.contextmanager
@@ -123,7 +143,9 @@ def _tune(model: nn.Module, named: dict[str, Inputs], s: TuneSettings, device: s
     progress("capture", 0, len(steps))
     index: dict[Any, Site] = {}
     for i, (name, step) in enumerate(steps.items()):
-        capture(model, step, targets, name, index)
+        # run as written, even in compile modes: the calls and their inputs are the same, and compiling would
+        # trace the capture hooks themselves
+        capture(model, Step(model, step.args, step.kwargs, eager(mode), step.params, s.seed), targets, name, index)
         progress("capture", i + 1, len(steps))
     sites = list(index.values())
     captured = time.perf_counter()

@@ -150,3 +150,13 @@ def test_the_embedded_example_runs(tmp_path):
     assert {t.name for t in profile.targets} == {"rmsnorm", "model.silu_and_mul", "model.apply_rotary"}
     assert all(t.decisions for t in profile.targets)
     assert all(c.matches for t in profile.targets for d in t.decisions for c in d.candidates)
+
+
+@pytest.mark.slow
+def test_in_a_compile_mode_the_search_runs_no_trials_unless_asked(work, monkeypatch):
+    monkeypatch.setenv("TWINKLE_COMPILE_BACKEND", "eager")  # dynamo's tracing without inductor's code generation
+    out = tune(work, "mymodel.py", "--device", "cpu", "--mode", "compile", "--quiet")
+    assert out.returncode == 0, out.stderr
+    profile = load_profile(work / "profiles" / "mymodel.json")
+    assert profile.mode == "compile" and profile.settings["trials"] == 0
+    assert profile.end_to_end["default"]["trials"] == []

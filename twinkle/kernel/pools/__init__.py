@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,9 +36,20 @@ from .targets import TARGETS, Pool, Target
 logger = logging.getLogger("twinkle.kernel")
 
 __all__ = ["use_pools", "pool_members", "describe_pools", "pools_markdown", "check_names", "get_pool", "pool_names",
-           "POOL_NAMES", "GROUP", "Pool", "Target", "TARGETS", "adapters", "is_pool_candidate", "structure_problem"]
+           "POOL_NAMES", "GROUP", "Pool", "Target", "TARGETS", "adapters", "is_pool_candidate", "structure_problem",
+           "compile_backend"]
 
 POOL_NAMES = tuple(BUILTIN_POOLS)  # the built-in pools; pool_names() adds those installed distributions offer
+
+
+BACKEND_ENV = "TWINKLE_COMPILE_BACKEND"
+DEFAULT_BACKEND = "inductor"
+
+
+def compile_backend() -> str:
+    """The torch.compile backend of the compiled pool, and of the tuner's compile modes: ``TWINKLE_COMPILE_BACKEND``,
+    else inductor."""
+    return os.environ.get(BACKEND_ENV, "").strip() or DEFAULT_BACKEND
 
 
 def get_pool(name: str) -> Pool:

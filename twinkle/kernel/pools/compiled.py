@@ -19,7 +19,6 @@ original to the outer compilation. The whole-model ``CausalLM`` target is left o
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,20 +26,13 @@ import torch
 import torch.nn as nn
 
 from ..state import STATE
+from . import BACKEND_ENV, compile_backend
 from .adapters import kernel_layer
 from .targets import TARGETS, Pool
 
 COMPILED_CACHE = "compiled pool"  # (original, backend) -> its compiled version, None: compiling failed
 
 logger = logging.getLogger("twinkle.kernel")
-
-BACKEND_ENV = "TWINKLE_COMPILE_BACKEND"
-DEFAULT_BACKEND = "inductor"
-
-
-def backend() -> str:
-    """The torch.compile backend the pool uses now."""
-    return os.environ.get(BACKEND_ENV, "").strip() or DEFAULT_BACKEND
 
 
 def _name(fn: Any) -> str:
@@ -74,7 +66,7 @@ def run_compiled(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     when compiling failed)."""
     if torch.compiler.is_compiling():
         return original(*args, **kwargs)
-    which = backend()
+    which = compile_backend()
     compiled = _compiled(original, which)
     if compiled is not None:
         try:
