@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "hf_llama" / "model.py"
 STACKS = ["eager", "liger", "torch", "tuned", "compiled-eager", "compiled-tuned"]
 MODES = ["inference", "train"]
 LABELS = {"eager": "eager", "liger": "all-Liger", "torch": "all-torch-pool", "tuned": "twinkle-tuned",
@@ -35,21 +33,14 @@ LABELS = {"eager": "eager", "liger": "all-Liger", "torch": "all-torch-pool", "tu
 # ------------------------------------------------------------------------------------------------ worker
 
 
-def _example() -> Any:
-    """The example model file, imported as the tuner imports it (so candidate ids match the profile's)."""
-    sys.path.insert(0, str(ROOT))
-    from autotune.model_file import load_model_file
-
-    return load_model_file(EXAMPLE)
-
-
 def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, device: str) -> dict[str, Any]:
     os.environ.setdefault("TWINKLE_EXAMPLE_SIZE", "tinyllama")
     import torch
+    from matrix import example_module, step_times  # benchmarks/ is first on the path: this file runs as a script
 
     cuda = device == "cuda"
 
-    example = _example()  # registers the example's pools (all of them) as candidates
+    example = example_module()  # registers the example's pools (all of them) as candidates
     model, inputs = example.build()
     model = model.to(device)
     ids = inputs["input_ids"].to(device)
@@ -95,19 +86,7 @@ def worker(stack: str, mode: str, profile: str | None, steps: int, warmup: int, 
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
+    times = step_times(step, steps, cuda)
     ms = statistics.median(times)
     return {"stack": stack, "mode": mode, "median_ms": ms, "min_ms": min(times), "max_ms": max(times),
             "tokens_per_s": ids.numel() / (ms * 1e-3),

@@ -118,16 +118,11 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
 def bootstrap_speedup(other: Sequence[float], twinkle: Sequence[float], resamples: int = 2000, seed: int = 0,
                       confidence: float = 0.95) -> tuple[float, float, float]:
     """``median(other) / median(twinkle)`` (above 1: twinkle is faster) and a percentile bootstrap interval,
-    resampling the steps of each stack on their own (seeded numpy RNG)."""
-    import numpy as np
+    resampling the steps of each stack on their own (seeded): the tuner's own speedup statistic."""
+    from autotune.stats import Weighted, speedup_ci
 
-    a, b = np.asarray(other, dtype=float), np.asarray(twinkle, dtype=float)
-    rng = np.random.default_rng(seed)
-    ra = np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1)
-    rb = np.median(b[rng.integers(0, len(b), (resamples, len(b)))], axis=1)
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(ra / rb, [tail, 100 - tail])
-    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+    return speedup_ci(Weighted((tuple(other),), (1,)), Weighted((tuple(twinkle),), (1,)), seed, confidence,
+                      n=resamples)
 
 
 def verdict(speedup: float, low: float, high: float, tie: float = TIE) -> str:
@@ -146,7 +141,7 @@ def verdict(speedup: float, low: float, high: float, tie: float = TIE) -> str:
 # ------------------------------------------------------------------------------------------------ worker
 
 
-def _example() -> Any:
+def example_module() -> Any:
     """The example model file, imported as the tuner imports it (so candidate ids match the profiles')."""
     sys.path.insert(0, str(ROOT))
     from autotune.model_file import load_model_file
@@ -154,7 +149,8 @@ def _example() -> Any:
     return load_model_file(EXAMPLE)
 
 
-def _timed(step: Callable[[], None], steps: int, cuda: bool) -> list[float]:
+def step_times(step: Callable[[], None], steps: int, cuda: bool) -> list[float]:
+    """``steps`` calls of ``step``, each timed in ms (CUDA events on a GPU, perf_counter elsewhere)."""
     import torch
 
     times = []
@@ -208,7 +204,7 @@ def _cell(model: Any, stack: str, wl: Workload, ids: Any, spec: dict[str, Any], 
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        cell["times_ms"] = _timed(step, spec["train_steps"] if wl.train else spec["infer_steps"], cuda)
+        cell["times_ms"] = step_times(step, spec["train_steps"] if wl.train else spec["infer_steps"], cuda)
         cell["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         if mode is not None:
             entries = kernel_report(model).entries
@@ -234,7 +230,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["device"] == "cpu":
         torch.set_num_threads(spec["cpu_threads"])  # a shared CPU: more threads than free cores slow every step
-    example = _example()  # registers every pool of the example as candidates
+    example = example_module()  # registers every pool of the example as candidates
     model = example.model().to(spec["device"])
     sets = example.input_sets()
     if spec["stack"] == "liger":
