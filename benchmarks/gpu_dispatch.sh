@@ -7,12 +7,7 @@
 # Writes reports/dispatch/cuda.json and reports/dispatch/cuda.log; with $OUT set, copies both there.
 # Extra arguments go to the benchmark (e.g. --rounds 30 --steps 5, or --size tiny for a quick check).
 set -uo pipefail
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/gpu_env.sh || exit 1
 DIR=reports/dispatch
 LOG=$DIR/cuda.log
 mkdir -p "$DIR"

@@ -3,13 +3,8 @@
 # tuning on rank 0. Run from the repository root on a machine with 2+ GPUs, with the wheels of
 # ../shared/tools/gpu-wheels.sh in .whl/. NVLink multicast stays off (the host's GPUs are shared).
 set -uo pipefail
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-fi
+source benchmarks/gpu_env.sh || exit 1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 NPROC=${NPROC:-2}
 TRIALS=${TRIALS:-8}
 mkdir -p reports/fsdp profiles

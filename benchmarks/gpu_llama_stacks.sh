@@ -9,12 +9,8 @@
 #            skips the end-to-end search in the train repeats, which does not change per-target picks)
 # Everything lands in profiles/ and reports/; with $OUT set, logs and a tarball of both are copied there.
 set -uo pipefail
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TWINKLE_EXAMPLE_SIZE=tinyllama
+source benchmarks/gpu_env.sh || exit 1
+export TWINKLE_EXAMPLE_SIZE=tinyllama
 STAGES=${*:-tests tune stacks}
 LOG=${OUT:-reports}/gpu_llama_stacks.log
 mkdir -p reports profiles "$(dirname "$LOG")"

@@ -14,12 +14,7 @@
 # Everything is logged to reports/matrix/run.log; with $OUT set, the log and a tarball of profiles/matrix and
 # reports/matrix are copied there.
 set -uo pipefail
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/gpu_env.sh || exit 1
 STAGES=${*:-tune matrix}
 MODELS=${MODELS:-llama qwen3}
 TUNE_MODES=${TUNE_MODES:-inference train compile train+compile}

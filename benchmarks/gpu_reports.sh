@@ -3,12 +3,7 @@
 # ../shared/tools/gpu-wheels.sh downloads into .whl/ (kernels, optuna, liger-kernel, ...). Writes profiles/ and
 # reports/ and, when $OUT is set, copies them and the logs there as one tarball.
 set -uo pipefail
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/gpu_env.sh || exit 1
 LOG=${OUT:-.}/gpu_reports.log
 tune() { echo "+ twinkle-tune $*" | tee -a "$LOG"; python3 -m autotune.cli "$@" 2>&1 | tee -a "$LOG"; }
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
