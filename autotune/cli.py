@@ -120,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = model_file.input_sets() if model_file.has_sets() else None
         inputs = None if sets is not None else model_file.inputs()
         mode = "train" if args.mode == "training" else args.mode
-        trials = args.trials if args.trials is not None else 0 if is_compile(mode) else 20
+        trials = args.trials if args.trials is not None else 0 if is_compile(mode) else TuneSettings.trials
         settings = TuneSettings(device=args.device, mode=mode, trials=trials, patience=args.patience,
-                                exhaustive=args.exhaustive, seed=args.seed, objective=args.objective, storage=args.storage,
+                                exhaustive=args.exhaustive, seed=args.seed, objective=args.objective,
+                                storage=args.storage,
                                 study_name=study_name(model_file.path, args.device, mode, args.objective,
                                                       sets if sets is not None else inputs),
                                 time_limit_s=args.time_limit, tolerances=model_file.tolerances())

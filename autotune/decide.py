@@ -20,6 +20,7 @@ from .roofline import achieved
 from .settings import CONFIDENCE, MIN_GAIN, TuneSettings
 from .stats import Weighted, speedup_ci
 
+
 def significant(ci_low: float, min_gain: float = MIN_GAIN) -> bool:
     return ci_low > 1.0 + min_gain
 

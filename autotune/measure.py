@@ -318,7 +318,7 @@ def measure_site(site: Site, device: str, mode: str, timer: Timer, tol: dict[str
     return base, out
 
 
-RACE_RESAMPLES = 400  # bootstrap resamples of the stopping rule (the verdict itself takes decide.BOOTSTRAP)
+RACE_RESAMPLES = 400  # bootstrap resamples of the stopping rule (the verdict itself takes stats.BOOTSTRAP)
 
 
 def decided(samples: dict[str, list[float]], measured: dict[str, Measured], s: TuneSettings) -> bool:

@@ -34,11 +34,11 @@ from twinkle.kernel.profile import Environment
 from .capture import clone_inputs
 from .check import whole_model
 from .decide import NOISY, beats, figures, one
-from .stats import speedup_ci
 from .errors import TuneError
 from .measure import Contender, Timer, Timing
 from .record import Draft, combination_profile
 from .settings import EXHAUSTIVE_MAX, Progress, TuneSettings
+from .stats import speedup_ci
 from .step import Step
 
 logger = logging.getLogger("twinkle.autotune")

@@ -34,6 +34,7 @@ def _record(d: DecisionRows, r: CandidateRow) -> dict[str, Any]:
             "sets": ",".join(d.sets), "range": f"{rng.low}..{rng.high}" if rng else None,
             "modules": ",".join(d.modules) or None, "calls": d.calls, "candidate": r.candidate, "source": r.source,
             "median_ms": r.median_ms, "spread": r.spread, "speedup": r.speedup, "speedup_ci_low": low,
-            "speedup_ci_high": high, "significant": r.significant, "matches": r.matches, "float64_match": r.float64_match,
+            "speedup_ci_high": high, "significant": r.significant, "matches": r.matches,
+            "float64_match": r.float64_match,
             "max_abs_err": r.max_abs_err, "error": r.error, "bandwidth_gbps": r.bandwidth_gbps,
             "roofline_pct": r.roofline_pct, "winner": r.verdict.kind in RUNS_AFTER}
