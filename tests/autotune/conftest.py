@@ -3,13 +3,12 @@ settings, so that every decision is clear-cut without any test asserting a speed
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from tune_helpers import FAST_TIMER, write_package
+from tune_helpers import FAST_TIMER, FILES, install
 
 from autotune import TuneSettings
 
@@ -17,15 +16,7 @@ from autotune import TuneSettings
 @pytest.fixture
 def tune_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The package `tune_pkg` (ops, cands, model) importable from a fresh folder."""
-    write_package(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [n for n in sys.modules if n == "tune_pkg" or n.startswith("tune_pkg.")]:
-        del sys.modules[name]
-    import tune_pkg.cands
-    import tune_pkg.model
-    import tune_pkg.ops  # noqa: F401
-
-    return sys.modules["tune_pkg"]
+    return install(tmp_path, monkeypatch, "tune_pkg", FILES)
 
 
 def _fast_settings() -> TuneSettings:

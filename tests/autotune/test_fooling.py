@@ -4,7 +4,6 @@ their input where the original returns a new tensor, or changing process-wide st
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -13,6 +12,8 @@ import torch
 
 from autotune import autotune
 from twinkle.kernel.function import register_function_kernel
+
+from tune_helpers import install
 
 FILES = {
     "__init__.py": "",
@@ -121,17 +122,7 @@ FILES = {
 
 @pytest.fixture
 def pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    root = tmp_path / "site" / "fool_pkg"
-    root.mkdir(parents=True)
-    for name, text in FILES.items():
-        (root / name).write_text(textwrap.dedent(text).lstrip())
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [n for n in sys.modules if n == "fool_pkg" or n.startswith("fool_pkg.")]:
-        del sys.modules[name]
-    import fool_pkg.cands
-    import fool_pkg.ops  # noqa: F401
-
-    return sys.modules["fool_pkg"]
+    return install(tmp_path, monkeypatch, "fool_pkg", FILES)
 
 
 class Net(torch.nn.Module):

@@ -3,8 +3,6 @@ it is as near a float64 run of the original as the original itself is (within 2x
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +13,8 @@ from autotune import autotune
 from autotune.check import CALL_FACTOR, compare
 from autotune.settings import tolerances
 from twinkle.kernel.function import register_function_kernel
+
+from tune_helpers import install
 
 TOL = tolerances()
 TRUTH = torch.tensor([10.0, -4.0, 7.5], dtype=torch.float64)
@@ -80,17 +80,7 @@ FILES = {
 
 @pytest.fixture
 def pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    root = tmp_path / "site" / "round_pkg"
-    root.mkdir(parents=True)
-    for name, text in FILES.items():
-        (root / name).write_text(textwrap.dedent(text).lstrip())
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [n for n in sys.modules if n == "round_pkg" or n.startswith("round_pkg.")]:
-        del sys.modules[name]
-    import round_pkg.cands
-    import round_pkg.ops  # noqa: F401
-
-    return sys.modules["round_pkg"]
+    return install(tmp_path, monkeypatch, "round_pkg", FILES)
 
 
 class Sums(torch.nn.Module):

@@ -11,7 +11,6 @@ import json
 import logging
 import pickle
 import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +21,8 @@ from autotune import autotune
 from twinkle.kernel import KernelError, kernel_report, kernelize_model, register_layer_kernel, unkernelize
 from twinkle.kernel.function import register_function_kernel
 from twinkle.kernel.profile import load_profile, save_profile
+
+from tune_helpers import install
 
 FILES = {
     "__init__.py": "",
@@ -123,20 +124,9 @@ FILES = {
 
 @pytest.fixture
 def pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    root = tmp_path / "site" / "verdict_pkg"
-    root.mkdir(parents=True)
-    for name, text in FILES.items():
-        (root / name).write_text(textwrap.dedent(text).lstrip())
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [n for n in sys.modules if n == "verdict_pkg" or n.startswith("verdict_pkg.")]:
-        del sys.modules[name]
-    import verdict_pkg.cands
-    import verdict_pkg.model
-    import verdict_pkg.ops
-    import verdict_pkg.other_lib  # noqa: F401
-
-    verdict_pkg.cands.RAN.clear()
-    return sys.modules["verdict_pkg"]
+    pkg = install(tmp_path, monkeypatch, "verdict_pkg", FILES)
+    pkg.cands.RAN.clear()
+    return pkg
 
 
 def rows(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

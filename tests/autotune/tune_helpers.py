@@ -8,9 +8,13 @@ The originals and the candidates that win (scale_fast, FastNorm, NormFor8, NormF
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from autotune.settings import TimerSettings
 from twinkle.kernel.profile import Decision, Profile, Row, Target, save_profile
@@ -156,6 +160,22 @@ FILES = {
             return (torch.randn(2, 8, generator=torch.Generator().manual_seed(0)),)
     ''',
 }
+
+
+def install(tmp_path: Path, monkeypatch: Any, name: str, files: dict[str, str]) -> ModuleType:
+    """The package ``name`` made of ``files`` (file name -> source, dedented) in a fresh folder on the path,
+    imported afresh with each of its modules; the path is restored by ``monkeypatch``."""
+    root = tmp_path / "site" / name
+    root.mkdir(parents=True)
+    for file, text in files.items():
+        (root / file).write_text(textwrap.dedent(text).lstrip())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for mod in [n for n in sys.modules if n == name or n.startswith(f"{name}.")]:
+        del sys.modules[mod]
+    for file in sorted(files):
+        if file != "__init__.py":
+            importlib.import_module(f"{name}.{file.removesuffix('.py')}")
+    return sys.modules[name]
 
 
 def write_package(root: Path) -> Path:
