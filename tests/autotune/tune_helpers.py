@@ -165,10 +165,7 @@ FILES = {
 def install(tmp_path: Path, monkeypatch: Any, name: str, files: dict[str, str]) -> ModuleType:
     """The package ``name`` made of ``files`` (file name -> source, dedented) in a fresh folder on the path,
     imported afresh with each of its modules; the path is restored by ``monkeypatch``."""
-    root = tmp_path / "site" / name
-    root.mkdir(parents=True)
-    for file, text in files.items():
-        (root / file).write_text(textwrap.dedent(text).lstrip())
+    write_files(tmp_path / "site" / name, files)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     for mod in [n for n in sys.modules if n == name or n.startswith(f"{name}.")]:
         del sys.modules[mod]
@@ -178,11 +175,16 @@ def install(tmp_path: Path, monkeypatch: Any, name: str, files: dict[str, str]) 
     return sys.modules[name]
 
 
+def write_files(folder: Path, files: dict[str, str]) -> None:
+    """``files`` (file name -> source, dedented) written into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text).lstrip())
+
+
 def write_package(root: Path) -> Path:
-    pkg = root / "tune_pkg"
-    pkg.mkdir(parents=True, exist_ok=True)
-    for name, text in FILES.items():
-        (pkg / name).write_text(textwrap.dedent(text).lstrip())
+    """The package ``tune_pkg`` written under ``root`` (not imported); returns ``root``."""
+    write_files(root / "tune_pkg", FILES)
     return root
 
 
